@@ -1,0 +1,2 @@
+//! `resnet-train`: train a ResNet and export it to a model repository.
+fn main() {}

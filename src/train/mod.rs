@@ -1,0 +1,1 @@
+//! The trainer: ResNets in candle, datasets, training loop and ONNX export.
