@@ -5,7 +5,16 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod backend;
+pub mod batcher;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod preprocess;
 pub mod repository;
+pub mod server;
+pub mod service;
 
 #[cfg(feature = "train")]
 pub mod train;

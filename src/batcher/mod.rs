@@ -1,0 +1,402 @@
+//! The dynamic batcher of one model version: a bounded queue, a scheduler task that asks the
+//! pure [`policy`] what to run, and one worker thread per model instance.
+
+pub mod policy;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::Backend;
+use crate::metrics::Metrics;
+use policy::{Decision, Eviction, Limits, Policy, Queued};
+
+/// A request's images, queued for one batch.
+pub struct Job {
+    /// `images × tensor_len` preprocessed values.
+    pub input: Vec<f32>,
+    /// Number of images in `input`.
+    pub images: usize,
+    /// Priority level index (0 = highest).
+    pub level: usize,
+    /// Drop the job (504) if it has not started by then.
+    pub deadline: Instant,
+    /// Where the result goes; the request side drops the receiver if its client leaves.
+    pub respond: oneshot::Sender<Result<JobOutput, BatchError>>,
+    /// The request's span, so worker logs carry its request id.
+    pub span: tracing::Span,
+    enqueued: Instant,
+}
+
+impl Job {
+    /// A job for `images` images of preprocessed `input`.
+    pub fn new(
+        input: Vec<f32>,
+        images: usize,
+        level: usize,
+        deadline: Instant,
+        respond: oneshot::Sender<Result<JobOutput, BatchError>>,
+    ) -> Self {
+        let enqueued = Instant::now();
+        Self { input, images, level, deadline, respond, span: tracing::Span::current(), enqueued }
+    }
+}
+
+impl Queued for Job {
+    fn images(&self) -> usize {
+        self.images
+    }
+    fn level(&self) -> usize {
+        self.level
+    }
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+    fn is_cancelled(&self) -> bool {
+        self.respond.is_closed()
+    }
+}
+
+/// A job's result.
+#[derive(Debug, Clone)]
+pub struct JobOutput {
+    /// `images × classes` logits, row-major.
+    pub logits: Vec<f32>,
+    /// Time from enqueue to the start of inference.
+    pub queue: Duration,
+    /// Inference time of the batch the job ran in.
+    pub infer: Duration,
+    /// Images in that batch.
+    pub batch_size: usize,
+}
+
+/// Why a job did not run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    /// The queue holds `capacity` images already.
+    #[error("queue is full ({capacity} images waiting)")]
+    QueueFull {
+        /// Queue capacity in images.
+        capacity: usize,
+    },
+    /// The batcher is stopping.
+    #[error("the model is shutting down")]
+    ShuttingDown,
+    /// The deadline passed before inference started.
+    #[error("deadline exceeded after {waited_ms} ms in the queue")]
+    DeadlineExceeded {
+        /// Time spent queued.
+        waited_ms: u64,
+    },
+    /// The backend failed.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Batcher settings for one model version.
+#[derive(Debug, Clone)]
+pub struct BatcherConfig {
+    /// Metric label (model name).
+    pub model: String,
+    /// Policy limits.
+    pub limits: Limits,
+    /// Images that may wait before submissions get [`BatchError::QueueFull`].
+    pub max_queue_size: usize,
+    /// f32 values per image.
+    pub tensor_len: usize,
+    /// Logits per image.
+    pub classes: usize,
+}
+
+/// The submitting side of a batcher; cheap to clone.
+#[derive(Clone)]
+pub struct BatcherHandle {
+    /// To the scheduler task.
+    jobs: mpsc::Sender<Job>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+    model: String,
+}
+
+impl BatcherHandle {
+    /// Queues a job, or refuses it at once when the queue is full or closed.
+    pub fn submit(&self, job: Job) -> Result<(), BatchError> {
+        let images = job.images;
+        let admitted = self.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+            (queued + images <= self.capacity).then_some(queued + images)
+        });
+        if admitted.is_err() {
+            self.metrics.rejected.with_label_values(&[self.model.as_str(), "queue_full"]).inc();
+            return Err(BatchError::QueueFull { capacity: self.capacity });
+        }
+        match self.jobs.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_depth.with_label_values(&[self.model.as_str()]).add(images as i64);
+                Ok(())
+            }
+            Err(error) => {
+                self.queued.fetch_sub(images, Ordering::AcqRel);
+                match error {
+                    mpsc::error::TrySendError::Full(_) => {
+                        self.metrics.rejected.with_label_values(&[self.model.as_str(), "queue_full"]).inc();
+                        Err(BatchError::QueueFull { capacity: self.capacity })
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Err(BatchError::ShuttingDown),
+                }
+            }
+        }
+    }
+}
+
+/// A running batcher: scheduler task plus worker threads.
+pub struct Batcher {
+    handle: Option<BatcherHandle>,
+    scheduler: tokio::task::JoinHandle<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Batcher {
+    /// A handle for submitting jobs.
+    pub fn handle(&self) -> Option<BatcherHandle> {
+        self.handle.clone()
+    }
+
+    /// Stops accepting jobs, runs what is queued, and joins the workers. Other handles must
+    /// be dropped for the scheduler to finish.
+    pub async fn shutdown(mut self) {
+        self.handle = None;
+        if let Err(error) = (&mut self.scheduler).await {
+            tracing::error!(%error, "batch scheduler failed");
+        }
+        let workers = std::mem::take(&mut self.workers);
+        let joined = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                if worker.join().is_err() {
+                    tracing::error!("a model worker thread panicked");
+                }
+            }
+        });
+        if joined.await.is_err() {
+            tracing::error!("cannot join model worker threads");
+        }
+    }
+}
+
+/// Starts the scheduler on the current runtime and one worker thread per backend.
+pub fn spawn(
+    backends: Vec<Box<dyn Backend>>,
+    config: BatcherConfig,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<Batcher> {
+    let (jobs_tx, jobs_rx) = mpsc::channel(config.max_queue_size.max(1));
+    // Each worker reports itself idle here; one slot per worker suffices.
+    let (idle_tx, idle_rx) = mpsc::channel(backends.len().max(1));
+    let mut workers = Vec::new();
+    let mut worker_inputs = Vec::new();
+    for (index, backend) in backends.into_iter().enumerate() {
+        // To worker `index`: at most one batch at a time.
+        let (batch_tx, batch_rx) = mpsc::channel::<Vec<Job>>(1);
+        let worker = Worker {
+            index,
+            backend,
+            batches: batch_rx,
+            idle: idle_tx.clone(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+        };
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("ort-{}-{index}", config.model))
+                .spawn(move || worker.run())?,
+        );
+        worker_inputs.push(batch_tx);
+    }
+    let queued = Arc::new(AtomicUsize::new(0));
+    let scheduler = Scheduler {
+        policy: Policy::new(config.limits.clone()),
+        jobs: jobs_rx,
+        idle: idle_rx,
+        workers: worker_inputs,
+        idle_workers: Vec::new(),
+        queued: queued.clone(),
+        metrics: metrics.clone(),
+        model: config.model.clone(),
+    };
+    let handle = BatcherHandle {
+        jobs: jobs_tx,
+        queued,
+        capacity: config.max_queue_size,
+        metrics,
+        model: config.model,
+    };
+    Ok(Batcher { handle: Some(handle), scheduler: tokio::spawn(scheduler.run()), workers })
+}
+
+struct Scheduler {
+    policy: Policy<Job>,
+    /// From request handlers (via [`BatcherHandle::submit`]).
+    jobs: mpsc::Receiver<Job>,
+    /// From workers that finished a batch, with their index.
+    idle: mpsc::Receiver<usize>,
+    /// To each worker.
+    workers: Vec<mpsc::Sender<Vec<Job>>>,
+    idle_workers: Vec<usize>,
+    queued: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    model: String,
+}
+
+impl Scheduler {
+    async fn run(mut self) {
+        self.idle_workers = (0..self.workers.len()).rev().collect();
+        let mut open = true;
+        let mut wake: Option<Instant> = None;
+        loop {
+            if !open && self.policy.is_empty() {
+                break;
+            }
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                job = self.jobs.recv(), if open => match job {
+                    Some(job) => self.policy.push(job, Instant::now()),
+                    None => open = false,
+                },
+                Some(worker) = self.idle.recv() => self.idle_workers.push(worker),
+                () = sleep => {}
+            }
+            wake = self.dispatch(Instant::now());
+        }
+        tracing::debug!(model = %self.model, "batch scheduler stopped");
+    }
+
+    /// Evicts dead jobs, hands batches to idle workers, and returns when to wake next.
+    fn dispatch(&mut self, now: Instant) -> Option<Instant> {
+        for (job, reason) in self.policy.evict(now) {
+            self.dequeued(job.images);
+            let label = match reason {
+                Eviction::Expired => "deadline",
+                Eviction::Cancelled => "cancelled",
+            };
+            self.metrics.rejected.with_label_values(&[self.model.as_str(), label]).inc();
+            let waited_ms = now.duration_since(job.enqueued).as_millis() as u64;
+            // A closed receiver means the client is gone: nobody to tell.
+            let _ = job.respond.send(Err(BatchError::DeadlineExceeded { waited_ms }));
+        }
+        while let Some(&worker) = self.idle_workers.last() {
+            match self.policy.next(now) {
+                Decision::Run(batch) => {
+                    self.idle_workers.pop();
+                    let images: usize = batch.iter().map(|job| job.images).sum();
+                    self.dequeued(images);
+                    if let Some(sender) = self.workers.get(worker) {
+                        if let Err(error) = sender.try_send(batch) {
+                            for job in error.into_inner() {
+                                let _ = job.respond.send(Err(BatchError::ShuttingDown));
+                            }
+                        }
+                    }
+                }
+                Decision::WaitUntil(at) => return Some(at),
+                Decision::Idle => return None,
+            }
+        }
+        // All workers busy: wake for the earliest deadline to answer 504 promptly.
+        self.policy.next_deadline()
+    }
+
+    fn dequeued(&self, images: usize) {
+        self.queued.fetch_sub(images, Ordering::AcqRel);
+        self.metrics.queue_depth.with_label_values(&[self.model.as_str()]).sub(images as i64);
+    }
+}
+
+struct Worker {
+    index: usize,
+    backend: Box<dyn Backend>,
+    /// From the scheduler.
+    batches: mpsc::Receiver<Vec<Job>>,
+    /// To the scheduler, after each batch.
+    idle: mpsc::Sender<usize>,
+    config: BatcherConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut input = Vec::new();
+        while let Some(batch) = self.batches.blocking_recv() {
+            self.run_batch(batch, &mut input);
+            if self.idle.blocking_send(self.index).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>, input: &mut Vec<f32>) {
+        let started = Instant::now();
+        let images: usize = batch.iter().map(|job| job.images).sum();
+        input.clear();
+        for job in &batch {
+            input.extend_from_slice(&job.input);
+        }
+        let model = self.config.model.as_str();
+        for job in &batch {
+            self.metrics
+                .queue_seconds
+                .with_label_values(&[model])
+                .observe(started.duration_since(job.enqueued).as_secs_f64());
+        }
+        let result = if input.len() == images * self.config.tensor_len {
+            self.backend.infer(input, images)
+        } else {
+            Err(crate::backend::BackendError::Run(format!(
+                "batch holds {} values, expected {}",
+                input.len(),
+                images * self.config.tensor_len
+            )))
+        };
+        let infer = started.elapsed();
+        self.metrics.inference_seconds.with_label_values(&[model]).observe(infer.as_secs_f64());
+        self.metrics.batch_size.with_label_values(&[model]).observe(images as f64);
+        let classes = self.config.classes;
+        let result = result.and_then(|logits| {
+            if logits.len() == images * classes {
+                Ok(logits)
+            } else {
+                Err(crate::backend::BackendError::Run(format!(
+                    "model returned {} values for {images} images of {classes} classes",
+                    logits.len()
+                )))
+            }
+        });
+        match result {
+            Ok(logits) => {
+                let mut rows = logits.chunks_exact(classes);
+                for job in batch {
+                    let logits: Vec<f32> = rows.by_ref().take(job.images).flatten().copied().collect();
+                    let output = JobOutput {
+                        logits,
+                        queue: started.duration_since(job.enqueued),
+                        infer,
+                        batch_size: images,
+                    };
+                    let _ = job.respond.send(Ok(output));
+                }
+            }
+            Err(error) => {
+                tracing::error!(model, %error, "batch failed");
+                for job in batch {
+                    let _ = job.respond.send(Err(BatchError::Backend(error.to_string())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The server's configuration: one clap struct, every flag with a `RESNET_SERVE_*` variable,
+//! validated once before anything binds.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::backend::Device;
+use crate::preprocess::ImageLimits;
+use crate::repository::spec::ServerDefaults;
+
+/// resnet-serve: serve ResNet image classifiers over HTTP and gRPC on ONNX Runtime.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about = None)]
+pub struct ServeConfig {
+    /// Model repository: one directory per model (config.toml, labels.txt, N/model.onnx).
+    #[arg(long, env = "RESNET_SERVE_MODEL_REPOSITORY", default_value = "models")]
+    pub model_repository: PathBuf,
+
+    /// Model used when a request names none [default: the only model, or the one whose
+    /// config.toml says `default = true`].
+    #[arg(long, env = "RESNET_SERVE_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+
+    #[command(flatten)]
+    pub network: NetworkConfig,
+
+    #[command(flatten)]
+    pub runtime: RuntimeConfig,
+
+    #[command(flatten)]
+    pub batching: BatchingConfig,
+
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+
+    #[command(flatten)]
+    pub lifecycle: LifecycleConfig,
+
+    /// Log format.
+    #[arg(long, env = "RESNET_SERVE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Listeners.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkConfig {
+    /// Address to listen on.
+    #[arg(long, env = "RESNET_SERVE_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// REST port (0 = any free port).
+    #[arg(long, env = "RESNET_SERVE_HTTP_PORT", default_value = "8000")]
+    pub http_port: u16,
+
+    /// gRPC port.
+    #[arg(long, env = "RESNET_SERVE_GRPC_PORT", default_value = "8001")]
+    pub grpc_port: u16,
+
+    /// Prometheus metrics port.
+    #[arg(long, env = "RESNET_SERVE_METRICS_PORT", default_value = "8002")]
+    pub metrics_port: u16,
+}
+
+/// ONNX Runtime.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeConfig {
+    /// Execution provider: cpu, cuda or cuda:N (a model's config.toml may override it).
+    #[arg(long, env = "RESNET_SERVE_DEVICE", default_value = "cpu")]
+    pub device: Device,
+
+    /// Run on the CPU when CUDA is requested but unavailable, instead of failing at start.
+    #[arg(long, env = "RESNET_SERVE_ALLOW_CPU_FALLBACK")]
+    pub allow_cpu_fallback: bool,
+
+    /// Threads per ONNX Runtime session [default: cores / instances].
+    #[arg(long, env = "RESNET_SERVE_INTRA_OP_THREADS")]
+    pub intra_op_threads: Option<usize>,
+
+    /// Images decoded and preprocessed at once [default: cores].
+    #[arg(long, env = "RESNET_SERVE_PREPROCESS_THREADS")]
+    pub preprocess_threads: Option<usize>,
+
+    /// ONNX Runtime library [default: $ORT_DYLIB_PATH, then the copy fetched at build time].
+    #[arg(long, env = "RESNET_SERVE_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// Batching defaults; a model's config.toml overrides them.
+#[derive(Debug, Clone, Args)]
+pub struct BatchingConfig {
+    /// Largest batch handed to a model.
+    #[arg(long, env = "RESNET_SERVE_MAX_BATCH_SIZE", default_value = "32")]
+    pub max_batch_size: usize,
+
+    /// How long a partial batch may wait for a preferred size (0 = run at once when idle).
+    #[arg(long, env = "RESNET_SERVE_MAX_QUEUE_DELAY_US", default_value = "0")]
+    pub max_queue_delay_us: u64,
+
+    /// Images that may wait per model before requests get 429.
+    #[arg(long, env = "RESNET_SERVE_MAX_QUEUE_SIZE", default_value = "256")]
+    pub max_queue_size: usize,
+
+    /// Request deadline when the client sets none; also caps client deadlines.
+    #[arg(long, env = "RESNET_SERVE_REQUEST_TIMEOUT_MS", default_value = "30000")]
+    pub request_timeout_ms: u64,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Args)]
+pub struct LimitsConfig {
+    /// Requests processed at once; beyond it requests get 429.
+    #[arg(long, env = "RESNET_SERVE_MAX_CONCURRENT_REQUESTS", default_value = "512")]
+    pub max_concurrent_requests: usize,
+
+    /// Largest HTTP request body in bytes.
+    #[arg(long, env = "RESNET_SERVE_MAX_BODY_BYTES", default_value = "33554432")]
+    pub max_body_bytes: usize,
+
+    /// Largest image in pixels (width × height), checked before decoding.
+    #[arg(long, env = "RESNET_SERVE_MAX_IMAGE_PIXELS", default_value = "40000000")]
+    pub max_image_pixels: u64,
+
+    /// Largest ratio of an image's long side to its short side.
+    #[arg(long, env = "RESNET_SERVE_MAX_ASPECT_RATIO", default_value = "32")]
+    pub max_aspect_ratio: f64,
+}
+
+/// Readiness and shutdown.
+#[derive(Debug, Clone, Args)]
+pub struct LifecycleConfig {
+    /// Ready only when every model is loaded (false: when at least one is).
+    #[arg(long, env = "RESNET_SERVE_STRICT_READINESS", default_value = "true", action = clap::ArgAction::Set)]
+    pub strict_readiness: bool,
+
+    /// Stop at start-up when a model fails to load (false: serve the others).
+    #[arg(long, env = "RESNET_SERVE_EXIT_ON_ERROR", default_value = "true", action = clap::ArgAction::Set)]
+    pub exit_on_error: bool,
+
+    /// After SIGTERM, seconds to keep accepting while load balancers stop sending.
+    #[arg(long, env = "RESNET_SERVE_DRAIN_SECONDS", default_value = "5")]
+    pub drain_seconds: u64,
+
+    /// Then, seconds to finish in-flight requests before exiting.
+    #[arg(long, env = "RESNET_SERVE_SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
+    pub shutdown_timeout_seconds: u64,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+impl ServeConfig {
+    /// Checks values clap cannot, naming the flag at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        let batching = &self.batching;
+        if batching.max_batch_size == 0 {
+            return Err("--max-batch-size must be at least 1".into());
+        }
+        if batching.max_queue_size < batching.max_batch_size {
+            return Err(format!(
+                "--max-queue-size ({}) must be at least --max-batch-size ({})",
+                batching.max_queue_size, batching.max_batch_size
+            ));
+        }
+        if batching.request_timeout_ms == 0 {
+            return Err("--request-timeout-ms must be positive".into());
+        }
+        let limits = &self.limits;
+        if limits.max_concurrent_requests == 0 {
+            return Err("--max-concurrent-requests must be at least 1".into());
+        }
+        if limits.max_body_bytes == 0 || limits.max_image_pixels == 0 {
+            return Err("--max-body-bytes and --max-image-pixels must be positive".into());
+        }
+        if !(limits.max_aspect_ratio >= 1.0) {
+            return Err(format!("--max-aspect-ratio must be at least 1, got {}", limits.max_aspect_ratio));
+        }
+        if self.runtime.intra_op_threads == Some(0) || self.runtime.preprocess_threads == Some(0) {
+            return Err("--intra-op-threads and --preprocess-threads must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Defaults for model configs.
+    pub fn server_defaults(&self) -> ServerDefaults {
+        ServerDefaults {
+            max_batch_size: self.batching.max_batch_size,
+            max_queue_delay_us: self.batching.max_queue_delay_us,
+            max_queue_size: self.batching.max_queue_size,
+            request_timeout_ms: self.batching.request_timeout_ms,
+            device: self.runtime.device.to_string(),
+        }
+    }
+
+    /// Limits checked on every image.
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_pixels: self.limits.max_image_pixels,
+            max_aspect_ratio: self.limits.max_aspect_ratio,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = ServeConfig::try_parse_from(["resnet-serve"]).unwrap();
+        assert_eq!(config.model_repository, PathBuf::from("models"));
+        assert_eq!(config.network.http_port, 8000);
+        assert_eq!(config.network.grpc_port, 8001);
+        assert_eq!(config.network.metrics_port, 8002);
+        assert_eq!(config.batching.max_batch_size, 32);
+        assert_eq!(config.limits.max_body_bytes, 32 << 20);
+        assert!(config.lifecycle.strict_readiness && config.lifecycle.exit_on_error);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn booleans_take_explicit_values() {
+        let config =
+            ServeConfig::try_parse_from(["resnet-serve", "--strict-readiness=false", "--exit-on-error", "false"])
+                .unwrap();
+        assert!(!config.lifecycle.strict_readiness && !config.lifecycle.exit_on_error);
+    }
+
+    #[test]
+    fn validation_names_the_flag() {
+        let config =
+            ServeConfig::try_parse_from(["resnet-serve", "--max-batch-size", "64", "--max-queue-size", "8"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--max-queue-size"));
+        assert!(ServeConfig::try_parse_from(["resnet-serve", "--device", "tpu"]).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! `POST /classify`: parse, call the classifier, answer with predictions and `Server-Timing`.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::{AppState, RequestId, body};
+use crate::metrics::UNKNOWN_MODEL;
+use crate::service::{Classification, ClassifyRequest, ImageInput, Prediction};
+
+/// Query parameters of `/classify`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyParams {
+    /// Model name.
+    pub model: Option<String>,
+    /// Model version.
+    pub version: Option<String>,
+    /// Predictions per image.
+    pub top_k: Option<String>,
+}
+
+/// One prediction in the JSON response.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct PredictionBody {
+    /// Class name.
+    pub label: String,
+    /// 0-based class index.
+    pub index: usize,
+    /// Softmax probability.
+    pub score: f32,
+}
+
+/// The predictions of one image.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResultBody {
+    /// Top-k, most probable first.
+    pub predictions: Vec<PredictionBody>,
+}
+
+/// The `/classify` response: `predictions` for single-image forms, `results` otherwise.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClassifyResponse {
+    /// Model that answered.
+    pub model: String,
+    /// Its version.
+    pub version: String,
+    /// Single-image forms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictions: Option<Vec<PredictionBody>>,
+    /// Multi-image forms, in request order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<ResultBody>>,
+}
+
+fn prediction_bodies(predictions: Vec<Prediction>) -> Vec<PredictionBody> {
+    predictions
+        .into_iter()
+        .map(|prediction| PredictionBody { label: prediction.label, index: prediction.index, score: prediction.score })
+        .collect()
+}
+
+/// Handles `POST /classify`.
+pub async fn classify(
+    State(state): State<AppState>,
+    query: Result<Query<ClassifyParams>, axum::extract::rejection::QueryRejection>,
+    request_id: Option<axum::Extension<RequestId>>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let request_id = request_id.map(|axum::Extension(id)| id.0);
+    let model_param = query.as_ref().ok().and_then(|Query(params)| params.model.clone());
+    let result = handle(&state, query, request).await;
+    let (model, version) = match &result {
+        Ok((classification, _)) => (classification.model.clone(), classification.version.clone()),
+        Err(_) => match state.classifier.resolve(model_param.as_deref(), None) {
+            Ok(model) => (model.name.clone(), String::new()),
+            Err(_) => (UNKNOWN_MODEL.to_string(), String::new()),
+        },
+    };
+    let response = match result {
+        Ok((classification, multi)) => success(classification, multi),
+        Err(error) => error.into_response_with_id(request_id.as_deref()),
+    };
+    let code = response.status().as_u16().to_string();
+    state.metrics.requests.with_label_values(&[model.as_str(), &version, "http", &code]).inc();
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[model.as_str(), "http"])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle(
+    state: &AppState,
+    query: Result<Query<ClassifyParams>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> Result<(Classification, bool), ApiError> {
+    let Query(params) = query.map_err(|rejection| ApiError::bad_request("bad_query", rejection.body_text()))?;
+    let top_k = params
+        .top_k
+        .as_deref()
+        .map(|text| {
+            text.parse::<i64>()
+                .map_err(|_| ApiError::bad_request("invalid_top_k", format!("top_k must be an integer, got `{text}`")))
+        })
+        .transpose()?;
+    let headers = request.headers().clone();
+    let timeout = header_number(&headers, "x-request-timeout-ms")?.map(Duration::from_millis);
+    let priority = header_number(&headers, "x-priority")?;
+    let parsed = body::parse(request, state.max_body_bytes).await?;
+    let multi = parsed.multi;
+    let classification = state
+        .classifier
+        .classify(ClassifyRequest {
+            model: params.model,
+            version: params.version,
+            top_k,
+            images: parsed.images.into_iter().map(ImageInput::Encoded).collect(),
+            priority,
+            timeout,
+            numbered: multi,
+        })
+        .await?;
+    Ok((classification, multi))
+}
+
+fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request("bad_header", format!("header {name} must be a non-negative integer, got {value:?}"))
+        })
+}
+
+fn success(classification: Classification, multi: bool) -> Response {
+    let timing = classification.timing;
+    let mut results = classification.results.into_iter().map(prediction_bodies);
+    let body = if multi {
+        ClassifyResponse {
+            model: classification.model,
+            version: classification.version,
+            predictions: None,
+            results: Some(results.map(|predictions| ResultBody { predictions }).collect()),
+        }
+    } else {
+        ClassifyResponse {
+            model: classification.model,
+            version: classification.version,
+            predictions: Some(results.next().unwrap_or_default()),
+            results: None,
+        }
+    };
+    let server_timing = format!(
+        "decode;dur={:.3}, queue;dur={:.3}, infer;dur={:.3}, total;dur={:.3}",
+        milliseconds(timing.decode),
+        milliseconds(timing.queue),
+        milliseconds(timing.infer),
+        milliseconds(timing.total)
+    );
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&server_timing) {
+        response.headers_mut().insert("server-timing", value);
+    }
+    response
+}
+
+fn milliseconds(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}

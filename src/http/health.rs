@@ -1,0 +1,114 @@
+//! Health and model listing: `GET /health/live`, `GET /health/ready`, `GET /models`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::AppState;
+use crate::repository::config::Color;
+use crate::service::VersionState;
+
+/// `GET /health/live`: the process is up.
+pub async fn live() -> Response {
+    (StatusCode::OK, Json(serde_json::json!({"status": "live"}))).into_response()
+}
+
+/// `GET /health/ready`: 200 when ready to serve (see `--strict-readiness`), 503 otherwise or
+/// while draining.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.classifier.is_ready() {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
+    } else {
+        let reason = if state.classifier.is_draining() { "draining" } else { "models not ready" };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not_ready", "reason": reason})),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /models` response.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ModelsResponse {
+    /// The default model's name.
+    pub default: String,
+    /// Every model.
+    pub models: Vec<ModelInfo>,
+}
+
+/// One model in `GET /models`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ModelInfo {
+    /// Name.
+    pub name: String,
+    /// Versions and their states.
+    pub versions: Vec<VersionInfo>,
+    /// Input tensor, when a version is loaded.
+    pub input: Option<InputInfo>,
+    /// Number of labels (classes).
+    pub labels: usize,
+    /// Largest batch.
+    pub max_batch_size: usize,
+}
+
+/// A version's state.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct VersionInfo {
+    /// Version number.
+    pub version: String,
+    /// READY, LOADING or UNAVAILABLE.
+    pub state: String,
+    /// Why it is not ready, if it is not.
+    pub reason: String,
+}
+
+/// The input tensor.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct InputInfo {
+    /// ONNX input name.
+    pub name: String,
+    /// `[-1, C, H, W]`.
+    pub shape: Vec<i64>,
+    /// `rgb` or `gray`.
+    pub color: String,
+}
+
+/// `GET /models`.
+pub async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
+    let registry = state.classifier.registry();
+    let models = registry
+        .snapshot()
+        .into_iter()
+        .map(|(name, versions)| {
+            let loaded = versions.values().rev().find_map(|entry| entry.loaded.clone());
+            ModelInfo {
+                name,
+                versions: versions
+                    .iter()
+                    .map(|(version, entry)| VersionInfo {
+                        version: version.to_string(),
+                        state: entry.state.name().to_string(),
+                        reason: match &entry.state {
+                            VersionState::Unavailable(reason) => reason.clone(),
+                            _ => String::new(),
+                        },
+                    })
+                    .collect(),
+                input: loaded.as_ref().map(|model| InputInfo {
+                    name: model.spec.input_name.clone(),
+                    shape: std::iter::once(-1).chain(model.spec.dims.iter().map(|&d| d as i64)).collect(),
+                    color: match model.spec.preprocess.color {
+                        Color::Rgb => "rgb".into(),
+                        Color::Gray => "gray".into(),
+                    },
+                }),
+                labels: loaded.as_ref().map_or(0, |model| model.spec.labels.len()),
+                max_batch_size: loaded.as_ref().map_or(0, |model| model.spec.batching.max_batch_size),
+            }
+        })
+        .collect();
+    Json(ModelsResponse { default: registry.default_model().to_string(), models })
+}

@@ -1,0 +1,112 @@
+//! The REST transport: router, shared state and middleware. Handlers parse and validate, call
+//! the service, and map errors once (`error.rs`).
+
+pub mod body;
+pub mod classify;
+pub mod error;
+pub mod health;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+use crate::service::Classifier;
+use error::ApiError;
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The service facade.
+    pub classifier: Arc<Classifier>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// `--max-body-bytes`.
+    pub max_body_bytes: usize,
+    /// Permits for requests in flight (`--max-concurrent-requests`).
+    pub in_flight: Arc<Semaphore>,
+    /// The permit count, for messages.
+    pub max_concurrent_requests: usize,
+}
+
+/// The request id (from `x-request-id` or generated), stored as a request extension.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The REST router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/classify", post(classify::classify))
+        .route("/models", get(health::models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit_in_flight));
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError::NotFound { method: method.to_string(), path: uri.path().to_string() }.into_response()
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    ApiError::MethodNotAllowed(method.to_string()).into_response()
+}
+
+/// Takes or makes the request id, records it on the request's span and echoes it back.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty() && value.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Refuses a request at once when `--max-concurrent-requests` are in flight: 429, or 503
+/// while draining.
+async fn limit_in_flight(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        if state.classifier.is_draining() {
+            return ApiError::Service(crate::error::ServiceError::ShuttingDown).into_response();
+        }
+        return ApiError::Overloaded { limit: state.max_concurrent_requests }.into_response();
+    };
+    let _gauge = InFlightGauge::new(state.metrics.clone());
+    next.run(request).await
+}
+
+/// Counts a request in `resnet_serve_in_flight_requests` until dropped, even if the client
+/// goes away mid-request.
+struct InFlightGauge(Arc<Metrics>);
+
+impl InFlightGauge {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}

@@ -1,0 +1,196 @@
+//! Wires the server together: ONNX Runtime, models, listeners, and the shutdown sequence
+//! (not-ready at once, keep accepting for the drain period, then finish in-flight requests).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::ort as ort_backend;
+use crate::batcher::Batcher;
+use crate::config::ServeConfig;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::service::registry::{self, LoadOptions};
+use crate::service::{Classifier, PreprocessPool};
+
+/// A started server.
+pub struct RunningServer {
+    /// Where REST is served.
+    pub http_address: SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_address: SocketAddr,
+    /// The facade (readiness, models).
+    pub classifier: Arc<Classifier>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Begins the shutdown sequence (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task failed")?
+    }
+}
+
+/// Loads the models and starts serving; returns once listeners are bound and models loaded.
+pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let library = ort_backend::library_path(config.runtime.ort_lib.as_deref());
+    let ort_version = ort_backend::init(&library)?;
+    tracing::info!(library = %library.display(), version = %ort_version, "ONNX Runtime loaded");
+
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let pool = PreprocessPool::new(
+        config.runtime.preprocess_threads.unwrap_or(cores),
+        config.image_limits(),
+        metrics.clone(),
+    );
+    let options = LoadOptions {
+        root: config.model_repository.clone(),
+        default_model: config.default_model.clone(),
+        defaults: config.server_defaults(),
+        allow_cpu_fallback: config.runtime.allow_cpu_fallback,
+        intra_op_threads: config.runtime.intra_op_threads,
+    };
+    let (registry, batchers) = registry::load(&options, &pool, &metrics).await.map_err(anyhow::Error::msg)?;
+    let registry = Arc::new(registry);
+    if let Some(failure) = registry.first_failure() {
+        if config.lifecycle.exit_on_error {
+            registry.unload_all();
+            stop_batchers(batchers).await;
+            anyhow::bail!("{failure} (pass --exit-on-error=false to serve the other models)");
+        }
+        tracing::warn!(%failure, "serving without this model (--exit-on-error=false)");
+    }
+    let provider = registry
+        .snapshot()
+        .values()
+        .flat_map(|versions| versions.values().filter_map(|entry| entry.loaded.as_ref().map(|m| m.device)))
+        .next()
+        .map_or_else(|| config.runtime.device.to_string(), |device| device.to_string());
+    let provider = if provider.starts_with("cuda") { "cuda" } else { "cpu" };
+    metrics
+        .build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), &ort_version, provider])
+        .set(1);
+
+    let classifier = Arc::new(Classifier::new(registry.clone(), pool, config.lifecycle.strict_readiness));
+    let state = AppState {
+        classifier: classifier.clone(),
+        metrics: metrics.clone(),
+        max_body_bytes: config.limits.max_body_bytes,
+        in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+        max_concurrent_requests: config.limits.max_concurrent_requests,
+    };
+    let host = config.network.host;
+    let http_listener = TcpListener::bind((host, config.network.http_port))
+        .await
+        .with_context(|| format!("binding --http-port {}", config.network.http_port))?;
+    let metrics_listener = TcpListener::bind((host, config.network.metrics_port))
+        .await
+        .with_context(|| format!("binding --metrics-port {}", config.network.metrics_port))?;
+    let http_address = http_listener.local_addr()?;
+    let metrics_address = metrics_listener.local_addr()?;
+    tracing::info!(%http_address, %metrics_address, "listening");
+
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve(
+        Listeners { http: http_listener, metrics: metrics_listener },
+        state,
+        batchers,
+        shutdown.clone(),
+        Timeouts {
+            drain: Duration::from_secs(config.lifecycle.drain_seconds),
+            shutdown: Duration::from_secs(config.lifecycle.shutdown_timeout_seconds),
+        },
+    ));
+    Ok(RunningServer { http_address, metrics_address, classifier, shutdown, task })
+}
+
+struct Listeners {
+    http: TcpListener,
+    metrics: TcpListener,
+}
+
+struct Timeouts {
+    drain: Duration,
+    shutdown: Duration,
+}
+
+async fn serve(
+    listeners: Listeners,
+    state: AppState,
+    batchers: Vec<Batcher>,
+    shutdown: CancellationToken,
+    timeouts: Timeouts,
+) -> anyhow::Result<()> {
+    let stop_accepting = CancellationToken::new();
+    let classifier = state.classifier.clone();
+    let metrics = state.metrics.clone();
+    let http = axum::serve(listeners.http, http::router(state))
+        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let mut http_task = tokio::spawn(async move { http.await });
+    let metrics_router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    let metrics_stop = CancellationToken::new();
+    let metrics_task = tokio::spawn(
+        axum::serve(listeners.metrics, metrics_router)
+            .with_graceful_shutdown(metrics_stop.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        result = &mut http_task => {
+            result.context("HTTP server task")?.context("HTTP server")?;
+        }
+    }
+    tracing::info!(drain_seconds = timeouts.drain.as_secs(), "shutting down: not ready, draining");
+    classifier.start_draining();
+    tokio::time::sleep(timeouts.drain).await;
+    tracing::info!("no longer accepting; finishing in-flight requests");
+    stop_accepting.cancel();
+    if !http_task.is_finished() {
+        match tokio::time::timeout(timeouts.shutdown, &mut http_task).await {
+            Ok(result) => result.context("HTTP server task")?.context("HTTP server")?,
+            Err(_) => {
+                tracing::warn!("shutdown timeout reached with requests still in flight");
+                http_task.abort();
+            }
+        }
+    }
+    classifier.registry().unload_all();
+    drop(classifier);
+    stop_batchers(batchers).await;
+    metrics_stop.cancel();
+    metrics_task.await.context("metrics task")?.context("metrics server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stop_batchers(batchers: Vec<Batcher>) {
+    for batcher in batchers {
+        batcher.shutdown().await;
+    }
+}

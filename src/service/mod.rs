@@ -1,0 +1,213 @@
+//! The `Classifier` facade every transport calls: model lookup, bounded preprocessing, batched
+//! inference, softmax and top-k with labels. Knows nothing of HTTP or gRPC.
+
+pub mod pipeline;
+pub mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub use pipeline::{ImageInput, PreprocessPool};
+pub use registry::{LoadedModel, Registry, VersionState};
+
+use crate::error::ServiceError;
+
+/// Default number of predictions per image.
+pub const DEFAULT_TOP_K: usize = 5;
+
+/// A classification request, transport-independent.
+#[derive(Debug, Clone, Default)]
+pub struct ClassifyRequest {
+    /// Model name; the default model when `None`.
+    pub model: Option<String>,
+    /// Version; the newest ready version when `None`.
+    pub version: Option<String>,
+    /// Predictions per image; 5 (or the class count, if smaller) when `None`.
+    pub top_k: Option<i64>,
+    /// The images, in order.
+    pub images: Vec<ImageInput>,
+    /// Triton's convention: 0 or `None` = the model's default, 1 = highest.
+    pub priority: Option<u64>,
+    /// Requested timeout, capped by the model's `default_timeout_ms`.
+    pub timeout: Option<Duration>,
+    /// Whether errors name the image's position (multi-image request forms).
+    pub numbered: bool,
+}
+
+/// One predicted class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Class name (the index as text when the model has no labels).
+    pub label: String,
+    /// 0-based class index.
+    pub index: usize,
+    /// Softmax probability.
+    pub score: f32,
+}
+
+/// Time spent in each stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    /// Decode and preprocess.
+    pub decode: Duration,
+    /// Waiting in the batch queue.
+    pub queue: Duration,
+    /// Inference of the batch.
+    pub infer: Duration,
+    /// Everything.
+    pub total: Duration,
+}
+
+/// The answer to a [`ClassifyRequest`].
+#[derive(Debug, Clone)]
+pub struct Classification {
+    /// Model that answered.
+    pub model: String,
+    /// Its version.
+    pub version: String,
+    /// Top-k predictions per image, in request order.
+    pub results: Vec<Vec<Prediction>>,
+    /// Stage timings.
+    pub timing: Timing,
+}
+
+/// The facade: classify images with any served model.
+pub struct Classifier {
+    registry: Arc<Registry>,
+    pool: PreprocessPool,
+    strict_readiness: bool,
+    draining: AtomicBool,
+}
+
+impl Classifier {
+    /// A classifier over a loaded registry.
+    pub fn new(registry: Arc<Registry>, pool: PreprocessPool, strict_readiness: bool) -> Self {
+        Self { registry, pool, strict_readiness, draining: AtomicBool::new(false) }
+    }
+
+    /// Ready to serve: not draining, and every model (strict) or one model loaded.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.registry.is_ready(self.strict_readiness)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Turns not-ready for good (shutdown has begun); requests are still served.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// The model registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Finds the model a request would use (for metric labels and validation).
+    pub fn resolve(&self, model: Option<&str>, version: Option<&str>) -> Result<Arc<LoadedModel>, ServiceError> {
+        self.registry.resolve(model, version)
+    }
+
+    /// Classifies every image of `request`.
+    #[tracing::instrument(skip_all, fields(model = request.model.as_deref().unwrap_or("default"), images = request.images.len()))]
+    pub async fn classify(&self, request: ClassifyRequest) -> Result<Classification, ServiceError> {
+        let started = Instant::now();
+        let model = self.resolve(request.model.as_deref(), request.version.as_deref())?;
+        let classes = model.spec.classes;
+        let top_k = match request.top_k {
+            None => DEFAULT_TOP_K.min(classes),
+            Some(value) if value >= 1 && value as u64 <= classes as u64 => value as usize,
+            Some(value) => return Err(ServiceError::InvalidTopK { value, classes }),
+        };
+        let level = priority_level(request.priority, &model)?;
+        if request.images.is_empty() {
+            return Err(ServiceError::NoImages);
+        }
+        let (deadline, timeout_ms) = deadline(started, request.timeout, &model);
+        let input = self
+            .pool
+            .run(request.images, &model.preprocess, deadline, request.numbered, timeout_ms)
+            .await?;
+        let decoded = Instant::now();
+        let inferred = model.infer(input, level, deadline, timeout_ms).await?;
+        let results = inferred
+            .logits
+            .chunks_exact(classes)
+            .map(|logits| top_predictions(logits, top_k, &model.spec.labels))
+            .collect();
+        Ok(Classification {
+            model: model.name.clone(),
+            version: model.version.to_string(),
+            results,
+            timing: Timing {
+                decode: decoded - started,
+                queue: inferred.queue,
+                infer: inferred.infer,
+                total: started.elapsed(),
+            },
+        })
+    }
+}
+
+/// Maps Triton's priority (0 = default, 1 = highest) to a 0-based level index.
+pub fn priority_level(priority: Option<u64>, model: &LoadedModel) -> Result<usize, ServiceError> {
+    let levels = model.spec.batching.priority_levels;
+    match priority.unwrap_or(0) {
+        0 => Ok(model.spec.batching.default_priority as usize - 1),
+        value if value <= u64::from(levels) => Ok(value as usize - 1),
+        value => Err(ServiceError::InvalidPriority { value, levels }),
+    }
+}
+
+/// The request's deadline: its own timeout capped by the model's default, from `started`.
+pub fn deadline(started: Instant, requested: Option<Duration>, model: &LoadedModel) -> (Instant, u64) {
+    let cap = model.spec.batching.default_timeout;
+    let timeout = requested.map_or(cap, |requested| requested.min(cap));
+    (started + timeout, timeout.as_millis() as u64)
+}
+
+/// Softmax over `logits`, then the `k` most probable classes, ties by lower index.
+pub fn top_predictions(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exponentials: Vec<f64> = logits.iter().map(|&logit| f64::from(logit - max).exp()).collect();
+    let sum: f64 = exponentials.iter().sum();
+    let mut ranked: Vec<(usize, f64)> = exponentials.into_iter().map(|value| value / sum).enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked
+        .into_iter()
+        .take(k)
+        .map(|(index, score)| Prediction {
+            label: labels.get(index).cloned().unwrap_or_else(|| index.to_string()),
+            index,
+            score: score as f32,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_top_k_sorted_with_labels() {
+        let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let predictions = top_predictions(&[1.0, 3.0, 2.0], 2, &labels);
+        assert_eq!(predictions.iter().map(|p| p.index).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(predictions[0].label, "b");
+        let total: f32 = top_predictions(&[1.0, 3.0, 2.0], 3, &labels).iter().map(|p| p.score).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!((predictions[0].score - 0.665_240_9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn huge_logits_do_not_overflow_and_ties_keep_index_order() {
+        let predictions = top_predictions(&[1000.0, 1000.0, -1000.0], 3, &[]);
+        assert_eq!(predictions[0].index, 0);
+        assert_eq!(predictions[0].label, "0");
+        assert!((predictions[0].score - 0.5).abs() < 1e-6);
+        assert_eq!(predictions[2].score, 0.0);
+    }
+}

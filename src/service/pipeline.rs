@@ -1,0 +1,160 @@
+//! The path every image takes: preprocess on the bounded blocking pool, then one or more
+//! batcher jobs, then logits back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::batcher::{BatchError, BatcherHandle, Job};
+use crate::error::ServiceError;
+use crate::metrics::Metrics;
+use crate::preprocess::{self, Channels, ImageLimits, PreprocessSpec};
+
+/// One image as a client sent it.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    /// Encoded bytes of any supported format.
+    Encoded(Bytes),
+    /// Raw interleaved 8-bit pixels.
+    Raw {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// Pixel layout.
+        channels: Channels,
+        /// `width × height × channels` bytes.
+        pixels: Bytes,
+    },
+}
+
+/// Decode and preprocess, bounded: at most `permits` images are processed at once; others wait
+/// for a slot until their deadline (their number is bounded by the in-flight request limit).
+#[derive(Clone)]
+pub struct PreprocessPool {
+    permits: Arc<Semaphore>,
+    limits: ImageLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl PreprocessPool {
+    /// A pool running `threads` images at once.
+    pub fn new(threads: usize, limits: ImageLimits, metrics: Arc<Metrics>) -> Self {
+        Self { permits: Arc::new(Semaphore::new(threads.max(1))), limits, metrics }
+    }
+
+    /// Preprocesses every image into one `images × tensor_len` buffer, in order.
+    pub async fn run(
+        &self,
+        images: Vec<ImageInput>,
+        spec: &Arc<PreprocessSpec>,
+        deadline: Instant,
+        number_images: bool,
+        timeout_ms: u64,
+    ) -> Result<Vec<f32>, ServiceError> {
+        let slot = spec.tensor_len();
+        let mut tasks = Vec::with_capacity(images.len());
+        for (index, image) in images.into_iter().enumerate() {
+            let permit = tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| ServiceError::DeadlineExceeded { timeout_ms })?
+                .map_err(|_| ServiceError::ShuttingDown)?;
+            let spec = spec.clone();
+            let limits = self.limits;
+            let metrics = self.metrics.clone();
+            let span = tracing::Span::current();
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let _entered = span.enter();
+                let started = Instant::now();
+                let mut out = vec![0.0f32; slot];
+                let result = match &image {
+                    ImageInput::Encoded(bytes) => preprocess::preprocess_encoded(bytes, &spec, &limits, &mut out),
+                    ImageInput::Raw { width, height, channels, pixels } => {
+                        preprocess::preprocess_raw(*width, *height, *channels, pixels, &spec, &limits, &mut out)
+                    }
+                };
+                metrics.decode_seconds.observe(started.elapsed().as_secs_f64());
+                result.map(|()| out).map_err(|source| ServiceError::Image {
+                    index: number_images.then_some(index),
+                    source,
+                })
+            }));
+        }
+        let mut input = Vec::with_capacity(tasks.len() * slot);
+        for task in tasks {
+            let tensor = task
+                .await
+                .map_err(|error| ServiceError::Internal(format!("preprocessing task failed: {error}")))??;
+            input.extend_from_slice(&tensor);
+        }
+        Ok(input)
+    }
+}
+
+/// Inference results of one request.
+#[derive(Debug, Clone)]
+pub struct Inferred {
+    /// `images × classes` logits.
+    pub logits: Vec<f32>,
+    /// Longest time any of its jobs waited.
+    pub queue: Duration,
+    /// Longest inference of any of its batches.
+    pub infer: Duration,
+}
+
+/// Submits `input` (`images × tensor_len`) in jobs of at most `max_batch_size` images and
+/// gathers the logits in order.
+#[allow(clippy::too_many_arguments, reason = "one call site per transport; a struct adds nothing")]
+pub async fn infer(
+    batcher: &BatcherHandle,
+    model: &str,
+    input: Vec<f32>,
+    tensor_len: usize,
+    max_batch_size: usize,
+    level: usize,
+    deadline: Instant,
+    timeout_ms: u64,
+) -> Result<Inferred, ServiceError> {
+    let images = input.len() / tensor_len.max(1);
+    let mut receivers = Vec::new();
+    let chunk_values = max_batch_size.max(1) * tensor_len.max(1);
+    // Most requests fit one batch: move the buffer instead of copying it.
+    let chunks: Vec<Vec<f32>> = if input.len() <= chunk_values {
+        vec![input]
+    } else {
+        input.chunks(chunk_values).map(<[f32]>::to_vec).collect()
+    };
+    for chunk in chunks {
+        let (respond, receiver) = oneshot::channel();
+        let count = chunk.len() / tensor_len.max(1);
+        let job = Job::new(chunk, count, level, deadline, respond);
+        batcher.submit(job).map_err(|error| batch_error(error, model, timeout_ms))?;
+        receivers.push(receiver);
+    }
+    let mut result = Inferred { logits: Vec::new(), queue: Duration::ZERO, infer: Duration::ZERO };
+    for receiver in receivers {
+        let output = receiver
+            .await
+            .map_err(|_| ServiceError::ShuttingDown)?
+            .map_err(|error| batch_error(error, model, timeout_ms))?;
+        result.logits.extend_from_slice(&output.logits);
+        result.queue = result.queue.max(output.queue);
+        result.infer = result.infer.max(output.infer);
+    }
+    if images == 0 {
+        return Err(ServiceError::NoImages);
+    }
+    Ok(result)
+}
+
+fn batch_error(error: BatchError, model: &str, timeout_ms: u64) -> ServiceError {
+    match error {
+        BatchError::QueueFull { capacity } => ServiceError::QueueFull { model: model.to_string(), capacity },
+        BatchError::ShuttingDown => ServiceError::ShuttingDown,
+        BatchError::DeadlineExceeded { .. } => ServiceError::DeadlineExceeded { timeout_ms },
+        BatchError::Backend(message) => ServiceError::Internal(message),
+    }
+}

@@ -1,0 +1,414 @@
+//! Loads the model repository into running model versions (sessions + batcher), checks each
+//! with warm-up batches and its golden inputs, and tracks which versions are ready.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::pipeline::{self, ImageInput, PreprocessPool};
+use crate::backend::ort::{self as ort_backend, OrtBackend, SessionOptions};
+use crate::backend::{Backend, Device};
+use crate::batcher::{self, Batcher, BatcherConfig, BatcherHandle, policy::Limits};
+use crate::error::ServiceError;
+use crate::metrics::Metrics;
+use crate::preprocess::PreprocessSpec;
+use crate::repository::golden::Golden;
+use crate::repository::spec::{ModelSpec, ServerDefaults};
+use crate::repository::{self, ModelDir};
+
+/// Load-time settings.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Repository root.
+    pub root: PathBuf,
+    /// `--default-model`.
+    pub default_model: Option<String>,
+    /// Server-wide defaults for model configs.
+    pub defaults: ServerDefaults,
+    /// `--allow-cpu-fallback`.
+    pub allow_cpu_fallback: bool,
+    /// `--intra-op-threads` (default: cores / instances).
+    pub intra_op_threads: Option<usize>,
+}
+
+/// A model version that is running.
+pub struct LoadedModel {
+    /// Model name.
+    pub name: String,
+    /// Version number.
+    pub version: u64,
+    /// Resolved spec.
+    pub spec: ModelSpec,
+    /// Preprocessing, shared with the blocking pool.
+    pub preprocess: Arc<PreprocessSpec>,
+    /// Execution provider in use.
+    pub device: Device,
+    batcher: BatcherHandle,
+}
+
+impl LoadedModel {
+    /// Runs preprocessed `input` through the batcher.
+    pub async fn infer(
+        &self,
+        input: Vec<f32>,
+        level: usize,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> Result<pipeline::Inferred, ServiceError> {
+        pipeline::infer(
+            &self.batcher,
+            &self.name,
+            input,
+            self.spec.preprocess.tensor_len(),
+            self.spec.batching.max_batch_size,
+            level,
+            deadline,
+            timeout_ms,
+        )
+        .await
+    }
+}
+
+/// Lifecycle state of a model version (as in Triton's repository index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionState {
+    /// Being loaded.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Failed to load or stopped, with the reason.
+    Unavailable(String),
+}
+
+impl VersionState {
+    /// `READY`, `LOADING` or `UNAVAILABLE`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Loading => "LOADING",
+            Self::Ready => "READY",
+            Self::Unavailable(_) => "UNAVAILABLE",
+        }
+    }
+}
+
+/// One version's state and, once loaded, its running model.
+#[derive(Clone)]
+pub struct VersionEntry {
+    /// Lifecycle state.
+    pub state: VersionState,
+    /// The running model, when loaded.
+    pub loaded: Option<Arc<LoadedModel>>,
+}
+
+/// Every model version the server knows, by name and number.
+pub struct Registry {
+    default_model: String,
+    models: RwLock<BTreeMap<String, BTreeMap<u64, VersionEntry>>>,
+}
+
+impl Registry {
+    /// The default model's name.
+    pub fn default_model(&self) -> &str {
+        &self.default_model
+    }
+
+    /// A snapshot of every model's versions.
+    pub fn snapshot(&self) -> BTreeMap<String, BTreeMap<u64, VersionEntry>> {
+        self.models.read().map(|models| models.clone()).unwrap_or_default()
+    }
+
+    /// Finds a ready model version: the default model when `model` is `None`, the highest
+    /// ready version when `version` is `None`.
+    pub fn resolve(&self, model: Option<&str>, version: Option<&str>) -> Result<Arc<LoadedModel>, ServiceError> {
+        let name = model.unwrap_or(&self.default_model);
+        let models = self
+            .models
+            .read()
+            .map_err(|_| ServiceError::Internal("model registry lock poisoned".into()))?;
+        let Some(versions) = models.get(name) else {
+            return Err(ServiceError::ModelNotFound {
+                model: name.to_string(),
+                available: models.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        };
+        let available = || versions.keys().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        let entry = match version {
+            Some(text) => {
+                let entry = text.parse::<u64>().ok().and_then(|number| versions.get(&number));
+                let Some(entry) = entry else {
+                    return Err(ServiceError::VersionNotFound {
+                        model: name.to_string(),
+                        version: text.to_string(),
+                        available: available(),
+                    });
+                };
+                entry
+            }
+            None => match versions.values().rev().find(|entry| entry.state == VersionState::Ready) {
+                Some(entry) => entry,
+                None => {
+                    let reason = versions
+                        .values()
+                        .next_back()
+                        .map(|entry| match &entry.state {
+                            VersionState::Unavailable(reason) => reason.clone(),
+                            state => state.name().to_lowercase(),
+                        })
+                        .unwrap_or_else(|| "no versions".into());
+                    return Err(ServiceError::ModelNotReady {
+                        model: name.to_string(),
+                        version: "latest".into(),
+                        reason,
+                    });
+                }
+            },
+        };
+        match (&entry.state, &entry.loaded) {
+            (VersionState::Ready, Some(loaded)) => Ok(loaded.clone()),
+            (state, loaded) => Err(ServiceError::ModelNotReady {
+                model: name.to_string(),
+                version: loaded.as_ref().map(|l| l.version.to_string()).unwrap_or_else(|| version.unwrap_or("latest").to_string()),
+                reason: match state {
+                    VersionState::Unavailable(reason) => reason.clone(),
+                    other => other.name().to_lowercase(),
+                },
+            }),
+        }
+    }
+
+    /// Strict: every version ready; otherwise at least one.
+    pub fn is_ready(&self, strict: bool) -> bool {
+        let Ok(models) = self.models.read() else {
+            return false;
+        };
+        let mut states = models.values().flat_map(|versions| versions.values().map(|entry| &entry.state));
+        if strict {
+            !models.is_empty() && states.all(|state| *state == VersionState::Ready)
+        } else {
+            states.any(|state| *state == VersionState::Ready)
+        }
+    }
+
+    /// The first version that failed to load, with its reason.
+    pub fn first_failure(&self) -> Option<String> {
+        let models = self.models.read().ok()?;
+        models.iter().find_map(|(name, versions)| {
+            versions.iter().find_map(|(version, entry)| match &entry.state {
+                VersionState::Unavailable(reason) => Some(format!("model `{name}` version {version}: {reason}")),
+                _ => None,
+            })
+        })
+    }
+
+    /// Marks every version unavailable (draining) and drops the batcher handles.
+    pub fn unload_all(&self) {
+        if let Ok(mut models) = self.models.write() {
+            for entry in models.values_mut().flat_map(BTreeMap::values_mut) {
+                entry.loaded = None;
+                entry.state = VersionState::Unavailable("unloaded".into());
+            }
+        }
+    }
+}
+
+/// Loads every model in the repository. Failures of one model are recorded as that version's
+/// state; only an unreadable repository or an ambiguous default model is an error.
+pub async fn load(
+    options: &LoadOptions,
+    pool: &PreprocessPool,
+    metrics: &Arc<Metrics>,
+) -> Result<(Registry, Vec<Batcher>), String> {
+    let dirs = repository::scan(&options.root).map_err(|error| error.to_string())?;
+    let default_model = repository::default_model(&dirs, options.default_model.as_deref())?;
+    let mut models = BTreeMap::new();
+    let mut batchers = Vec::new();
+    for dir in &dirs {
+        let mut versions = BTreeMap::new();
+        let served = dir.served_versions();
+        if served.is_empty() {
+            let reason = match &dir.config {
+                Err(error) => error.clone(),
+                Ok(_) => "no numbered version directory with model.onnx".into(),
+            };
+            tracing::error!(model = %dir.name, %reason, "model unavailable");
+            versions.insert(0, VersionEntry { state: VersionState::Unavailable(reason), loaded: None });
+        }
+        for version in served {
+            let started = Instant::now();
+            let entry = match load_version(dir, version, options, pool, metrics).await {
+                Ok((loaded, batcher)) => {
+                    batchers.push(batcher);
+                    tracing::info!(
+                        model = %dir.name, version, device = %loaded.device,
+                        seconds = started.elapsed().as_secs_f64(), "model ready"
+                    );
+                    metrics.model_ready.with_label_values(&[dir.name.as_str(), &version.to_string()]).set(1);
+                    VersionEntry { state: VersionState::Ready, loaded: Some(Arc::new(loaded)) }
+                }
+                Err(reason) => {
+                    tracing::error!(model = %dir.name, version, %reason, "model failed to load");
+                    metrics.model_ready.with_label_values(&[dir.name.as_str(), &version.to_string()]).set(0);
+                    VersionEntry { state: VersionState::Unavailable(reason), loaded: None }
+                }
+            };
+            versions.insert(version, entry);
+        }
+        models.insert(dir.name.clone(), versions);
+    }
+    Ok((Registry { default_model, models: RwLock::new(models) }, batchers))
+}
+
+async fn load_version(
+    dir: &ModelDir,
+    version: u64,
+    options: &LoadOptions,
+    pool: &PreprocessPool,
+    metrics: &Arc<Metrics>,
+) -> Result<(LoadedModel, Batcher), String> {
+    let config = dir.config.clone()?;
+    let labels = dir.labels(&config)?;
+    let path = dir.model_file(version);
+    if !path.is_file() {
+        return Err(format!("{} does not exist", path.display()));
+    }
+    let device_text = config.instances.device.clone().unwrap_or_else(|| options.defaults.device.clone());
+    let device: Device = device_text.parse()?;
+    let instances = config.instances.count.unwrap_or(1).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let session_options = SessionOptions {
+        device,
+        allow_cpu_fallback: options.allow_cpu_fallback,
+        intra_op_threads: options.intra_op_threads.unwrap_or((cores / instances).max(1)),
+    };
+    // Building sessions is slow, blocking work: keep it off the async workers.
+    let opened = tokio::task::spawn_blocking(move || {
+        (0..instances)
+            .map(|_| ort_backend::open(&path, &session_options))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|error| error.to_string())?
+    .map_err(|error| error.to_string())?;
+    let Some((_, signature, actual_device)) = opened.first() else {
+        return Err("no instances".into());
+    };
+    let (signature, actual_device) = (signature.clone(), *actual_device);
+    let spec = repository::spec::resolve(&config, &signature, labels, &options.defaults)
+        .map_err(|error| error.to_string())?;
+    let backends: Vec<Box<dyn Backend>> = opened
+        .into_iter()
+        .map(|(session, _, device)| {
+            Box::new(OrtBackend::new(
+                session,
+                spec.input_name.clone(),
+                spec.output_name.clone(),
+                spec.dims.to_vec(),
+                device,
+            )) as Box<dyn Backend>
+        })
+        .collect();
+    let batching = &spec.batching;
+    let batcher = batcher::spawn(
+        backends,
+        BatcherConfig {
+            model: dir.name.clone(),
+            limits: Limits {
+                max_batch_size: batching.max_batch_size,
+                max_queue_delay: batching.max_queue_delay,
+                preferred_batch_sizes: batching.preferred_batch_sizes.clone(),
+                priority_levels: batching.priority_levels as usize,
+            },
+            max_queue_size: batching.max_queue_size,
+            tensor_len: spec.preprocess.tensor_len(),
+            classes: spec.classes,
+        },
+        metrics.clone(),
+    )
+    .map_err(|error| format!("cannot start worker threads: {error}"))?;
+    let Some(handle) = batcher.handle() else {
+        return Err("batcher has no handle".into());
+    };
+    let loaded = LoadedModel {
+        name: dir.name.clone(),
+        version,
+        preprocess: Arc::new(spec.preprocess.clone()),
+        spec,
+        device: actual_device,
+        batcher: handle,
+    };
+    let checked = async {
+        warm_up(&loaded).await?;
+        check_golden(dir, &loaded, pool).await
+    };
+    match checked.await {
+        Ok(()) => Ok((loaded, batcher)),
+        Err(reason) => {
+            drop(loaded);
+            batcher.shutdown().await;
+            Err(reason)
+        }
+    }
+}
+
+/// Runs one batch of each preferred size (and of 1 and the maximum) so the first requests do
+/// not pay for ONNX Runtime's lazy initialisation.
+async fn warm_up(model: &LoadedModel) -> Result<(), String> {
+    let batching = &model.spec.batching;
+    let mut sizes = batching.preferred_batch_sizes.clone();
+    sizes.extend([1, batching.max_batch_size]);
+    sizes.sort_unstable();
+    sizes.dedup();
+    let tensor_len = model.spec.preprocess.tensor_len();
+    for size in sizes {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        model
+            .infer(vec![0.0; size * tensor_len], batching.priority_levels as usize - 1, deadline, 600_000)
+            .await
+            .map_err(|error| format!("warm-up with batch size {size} failed: {error}"))?;
+    }
+    Ok(())
+}
+
+/// Sends each golden image through decode, preprocess, batching and inference and compares
+/// the logits with the trainer's.
+async fn check_golden(dir: &ModelDir, model: &LoadedModel, pool: &PreprocessPool) -> Result<(), String> {
+    let path = dir.path.join("golden.json");
+    if !path.exists() {
+        tracing::warn!(model = %model.name, "no golden.json: train/serve skew is not checked");
+        return Ok(());
+    }
+    let golden = Golden::read(&path)?;
+    let mut images = Vec::with_capacity(golden.cases.len());
+    for case in &golden.cases {
+        let file = dir.path.join(&case.file);
+        let bytes = std::fs::read(&file).map_err(|error| format!("golden image {}: {error}", file.display()))?;
+        images.push(ImageInput::Encoded(Bytes::from(bytes)));
+    }
+    if images.is_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let input = pool
+        .run(images, &model.preprocess, deadline, true, 600_000)
+        .await
+        .map_err(|error| format!("golden check: {error}"))?;
+    let inferred = model
+        .infer(input, 0, deadline, 600_000)
+        .await
+        .map_err(|error| format!("golden check: {error}"))?;
+    let classes = model.spec.classes;
+    for (case, logits) in golden.cases.iter().zip(inferred.logits.chunks_exact(classes)) {
+        if let Some((index, actual, expected)) = golden.mismatch(logits, &case.logits) {
+            return Err(format!(
+                "golden check failed for {}: logit {index} is {actual}, expected {expected} \
+                 (atol {}, rtol {}); train/serve skew in preprocessing or weights",
+                case.file, golden.atol, golden.rtol
+            ));
+        }
+    }
+    tracing::info!(model = %model.name, cases = golden.cases.len(), "golden check passed");
+    Ok(())
+}
