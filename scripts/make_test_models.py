@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Build the small ONNX fixtures the integration tests use (committed under tests/fixtures/).
+
+- `slow`: a 1x28x28 -> 10 class residual conv stack whose weights are generated inside the
+  graph (ConstantOfShape), so the file is tiny but each image costs ~1 GFLOP. Tests use it
+  to fill queues and pass deadlines without sleeping.
+
+The served default model is exported by resnet-train; these only exercise batching limits.
+Usage: python3 scripts/make_test_models.py tests/fixtures/models
+"""
+
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+CHANNELS = 128
+BLOCKS = 48
+
+
+def constant_weight(name, shape, value, nodes):
+    shape_name = f"{name}_shape"
+    nodes.append(helper.make_node(
+        "Constant", [], [shape_name],
+        value=numpy_helper.from_array(np.array(shape, dtype=np.int64))))
+    nodes.append(helper.make_node(
+        "ConstantOfShape", [shape_name], [name],
+        value=helper.make_tensor("v", TensorProto.FLOAT, [1], [value])))
+
+
+def slow_model():
+    nodes = []
+    constant_weight("stem_w", [CHANNELS, 1, 3, 3], 0.05, nodes)
+    nodes.append(helper.make_node("Conv", ["input", "stem_w"], ["x0"], pads=[1, 1, 1, 1]))
+    current = "x0"
+    for block in range(BLOCKS):
+        weight = f"w{block}"
+        constant_weight(weight, [CHANNELS, CHANNELS, 3, 3], 1.0 / (CHANNELS * 9), nodes)
+        nodes.append(helper.make_node("Conv", [current, weight], [f"c{block}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{block}"], [f"r{block}"]))
+        nodes.append(helper.make_node("Add", [f"r{block}", current], [f"x{block + 1}"]))
+        current = f"x{block + 1}"
+    nodes.append(helper.make_node("GlobalAveragePool", [current], ["pooled"]))
+    nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"]))
+    rng = np.random.default_rng(7)
+    head = numpy_helper.from_array(rng.normal(size=(10, CHANNELS)).astype(np.float32), "head_w")
+    nodes.append(helper.make_node("Gemm", ["flat", "head_w"], ["logits"], transB=1))
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [head])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/models"
+    os.makedirs(os.path.join(root, "slow", "1"), exist_ok=True)
+    onnx.save(slow_model(), os.path.join(root, "slow", "1", "model.onnx"))
+
+
+if __name__ == "__main__":
+    main()
