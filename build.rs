@@ -38,7 +38,10 @@ fn collect_protos(dir: &Path, protos: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         let path = entry?.path();
         if path.is_dir() {
             collect_protos(&path, protos)?;
-        } else if path.extension().is_some_and(|extension| extension == "proto") {
+        } else if path
+            .extension()
+            .is_some_and(|extension| extension == "proto")
+        {
             protos.push(path);
         }
     }
@@ -54,9 +57,16 @@ fn fetch_onnxruntime(out_dir: &Path) {
     let gpu = std::env::var_os("CARGO_FEATURE_CUDA").is_some();
     // OUT_DIR is target/<profile>/build/<pkg>-<hash>/out; keep one copy per target dir.
     let target_dir = out_dir.ancestors().nth(4).unwrap_or(out_dir);
-    let dest = target_dir.join(if gpu { "onnxruntime-gpu" } else { "onnxruntime" });
+    let dest = target_dir.join(if gpu {
+        "onnxruntime-gpu"
+    } else {
+        "onnxruntime"
+    });
     let library = dest.join("libonnxruntime.so.1.31.1");
-    println!("cargo:rustc-env=RESNET_SERVE_FETCHED_ORT={}", library.display());
+    println!(
+        "cargo:rustc-env=RESNET_SERVE_FETCHED_ORT={}",
+        library.display()
+    );
     if std::env::var_os("RESNET_SERVE_SKIP_ORT_FETCH").is_some() || library.exists() {
         return;
     }

@@ -23,6 +23,8 @@ VERSION = "1.31.1"
 PINNED = {
     ("onnxruntime", "manylinux_2_28_x86_64"):
         "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3",
+    ("onnxruntime-gpu", "manylinux_2_28_x86_64"):
+        "5104254339ecadae808da771bd0b63b240f0dbd466514234905e54372435c303",
 }
 # The wheels bundle the same library for every CPython; pin one so the hash is stable.
 PYTHON = ("3.11", "cp311")

@@ -39,7 +39,12 @@ pub struct ServeConfig {
     pub lifecycle: LifecycleConfig,
 
     /// Log format.
-    #[arg(long, env = "RESNET_SERVE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "RESNET_SERVE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -111,7 +116,11 @@ pub struct BatchingConfig {
 #[derive(Debug, Clone, Args)]
 pub struct LimitsConfig {
     /// Requests processed at once; beyond it requests get 429.
-    #[arg(long, env = "RESNET_SERVE_MAX_CONCURRENT_REQUESTS", default_value = "512")]
+    #[arg(
+        long,
+        env = "RESNET_SERVE_MAX_CONCURRENT_REQUESTS",
+        default_value = "512"
+    )]
     pub max_concurrent_requests: usize,
 
     /// Largest HTTP request body in bytes.
@@ -119,7 +128,11 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
 
     /// Largest image in pixels (width × height), checked before decoding.
-    #[arg(long, env = "RESNET_SERVE_MAX_IMAGE_PIXELS", default_value = "40000000")]
+    #[arg(
+        long,
+        env = "RESNET_SERVE_MAX_IMAGE_PIXELS",
+        default_value = "40000000"
+    )]
     pub max_image_pixels: u64,
 
     /// Largest ratio of an image's long side to its short side.
@@ -143,7 +156,11 @@ pub struct LifecycleConfig {
     pub drain_seconds: u64,
 
     /// Then, seconds to finish in-flight requests before exiting.
-    #[arg(long, env = "RESNET_SERVE_SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
+    #[arg(
+        long,
+        env = "RESNET_SERVE_SHUTDOWN_TIMEOUT_SECONDS",
+        default_value = "30"
+    )]
     pub shutdown_timeout_seconds: u64,
 }
 
@@ -179,8 +196,11 @@ impl ServeConfig {
         if limits.max_body_bytes == 0 || limits.max_image_pixels == 0 {
             return Err("--max-body-bytes and --max-image-pixels must be positive".into());
         }
-        if !(limits.max_aspect_ratio >= 1.0) {
-            return Err(format!("--max-aspect-ratio must be at least 1, got {}", limits.max_aspect_ratio));
+        if limits.max_aspect_ratio.is_nan() || limits.max_aspect_ratio < 1.0 {
+            return Err(format!(
+                "--max-aspect-ratio must be at least 1, got {}",
+                limits.max_aspect_ratio
+            ));
         }
         if self.runtime.intra_op_threads == Some(0) || self.runtime.preprocess_threads == Some(0) {
             return Err("--intra-op-threads and --preprocess-threads must be at least 1".into());
@@ -227,16 +247,26 @@ mod tests {
 
     #[test]
     fn booleans_take_explicit_values() {
-        let config =
-            ServeConfig::try_parse_from(["resnet-serve", "--strict-readiness=false", "--exit-on-error", "false"])
-                .unwrap();
+        let config = ServeConfig::try_parse_from([
+            "resnet-serve",
+            "--strict-readiness=false",
+            "--exit-on-error",
+            "false",
+        ])
+        .unwrap();
         assert!(!config.lifecycle.strict_readiness && !config.lifecycle.exit_on_error);
     }
 
     #[test]
     fn validation_names_the_flag() {
-        let config =
-            ServeConfig::try_parse_from(["resnet-serve", "--max-batch-size", "64", "--max-queue-size", "8"]).unwrap();
+        let config = ServeConfig::try_parse_from([
+            "resnet-serve",
+            "--max-batch-size",
+            "64",
+            "--max-queue-size",
+            "8",
+        ])
+        .unwrap();
         assert!(config.validate().unwrap_err().contains("--max-queue-size"));
         assert!(ServeConfig::try_parse_from(["resnet-serve", "--device", "tpu"]).is_err());
     }

@@ -102,7 +102,9 @@ impl ServiceError {
                     "unsupported_media_type"
                 }
                 PreprocessError::TooManyPixels { .. } => "image_too_large",
-                PreprocessError::EmptyImage { .. } | PreprocessError::Decode { .. } => "undecodable_image",
+                PreprocessError::EmptyImage { .. } | PreprocessError::Decode { .. } => {
+                    "undecodable_image"
+                }
                 PreprocessError::AspectRatio { .. } => "aspect_ratio_too_large",
                 PreprocessError::RawLength { .. } => "invalid_raw_image",
                 PreprocessError::Internal(_) => "internal",

@@ -8,8 +8,7 @@ use prometheus::{
 
 /// Latency buckets from 0.5 ms to 10 s.
 pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
-    10.0,
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
 
 /// Batch-size buckets.
@@ -56,11 +55,17 @@ impl Metrics {
         };
         let metrics = Self {
             requests: IntCounterVec::new(
-                Opts::new("resnet_serve_requests_total", "Requests answered, by status code."),
+                Opts::new(
+                    "resnet_serve_requests_total",
+                    "Requests answered, by status code.",
+                ),
                 &["model", "version", "protocol", "code"],
             )?,
             request_seconds: HistogramVec::new(
-                latency("resnet_serve_request_duration_seconds", "End-to-end request latency."),
+                latency(
+                    "resnet_serve_request_duration_seconds",
+                    "End-to-end request latency.",
+                ),
                 &["model", "protocol"],
             )?,
             decode_seconds: Histogram::with_opts(latency(
@@ -68,11 +73,17 @@ impl Metrics {
                 "Decode and preprocess time per image.",
             ))?,
             queue_seconds: HistogramVec::new(
-                latency("resnet_serve_queue_duration_seconds", "Time spent queued before inference."),
+                latency(
+                    "resnet_serve_queue_duration_seconds",
+                    "Time spent queued before inference.",
+                ),
                 &["model"],
             )?,
             inference_seconds: HistogramVec::new(
-                latency("resnet_serve_inference_duration_seconds", "Inference time per batch."),
+                latency(
+                    "resnet_serve_inference_duration_seconds",
+                    "Inference time per batch.",
+                ),
                 &["model"],
             )?,
             batch_size: HistogramVec::new(
@@ -81,7 +92,10 @@ impl Metrics {
                 &["model"],
             )?,
             queue_depth: IntGaugeVec::new(
-                Opts::new("resnet_serve_queue_depth", "Images waiting in the model's queue."),
+                Opts::new(
+                    "resnet_serve_queue_depth",
+                    "Images waiting in the model's queue.",
+                ),
                 &["model"],
             )?,
             images: IntCounterVec::new(
@@ -96,11 +110,17 @@ impl Metrics {
                 &["model", "reason"],
             )?,
             model_ready: IntGaugeVec::new(
-                Opts::new("resnet_serve_model_ready", "1 when the model version is ready."),
+                Opts::new(
+                    "resnet_serve_model_ready",
+                    "1 when the model version is ready.",
+                ),
                 &["model", "version"],
             )?,
             build_info: IntGaugeVec::new(
-                Opts::new("resnet_serve_build_info", "Build information; the value is 1."),
+                Opts::new(
+                    "resnet_serve_build_info",
+                    "Build information; the value is 1.",
+                ),
                 &["version", "ort_version", "execution_provider"],
             )?,
             in_flight: IntGauge::new(
@@ -147,12 +167,22 @@ mod tests {
     #[test]
     fn renders_names_with_help_and_units() {
         let metrics = Metrics::new().unwrap();
-        metrics.requests.with_label_values(&["m", "1", "http", "200"]).inc();
-        metrics.queue_seconds.with_label_values(&["m"]).observe(0.001);
+        metrics
+            .requests
+            .with_label_values(&["m", "1", "http", "200"])
+            .inc();
+        metrics
+            .queue_seconds
+            .with_label_values(&["m"])
+            .observe(0.001);
         let text = metrics.render();
         assert!(text.contains("# HELP resnet_serve_requests_total"));
         assert!(text.contains("resnet_serve_requests_total{code=\"200\",model=\"m\",protocol=\"http\",version=\"1\"} 1"));
-        assert!(text.contains("resnet_serve_queue_duration_seconds_bucket{model=\"m\",le=\"0.0005\"} 0"));
+        assert!(
+            text.contains(
+                "resnet_serve_queue_duration_seconds_bucket{model=\"m\",le=\"0.0005\"} 0"
+            )
+        );
         assert!(text.contains("resnet_serve_in_flight_requests 0"));
     }
 }

@@ -63,7 +63,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         allow_cpu_fallback: config.runtime.allow_cpu_fallback,
         intra_op_threads: config.runtime.intra_op_threads,
     };
-    let (registry, batchers) = registry::load(&options, &pool, &metrics).await.map_err(anyhow::Error::msg)?;
+    let (registry, batchers) = registry::load(&options, &pool, &metrics)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let registry = Arc::new(registry);
     if let Some(failure) = registry.first_failure() {
         if config.lifecycle.exit_on_error {
@@ -76,16 +78,31 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let provider = registry
         .snapshot()
         .values()
-        .flat_map(|versions| versions.values().filter_map(|entry| entry.loaded.as_ref().map(|m| m.device)))
+        .flat_map(|versions| {
+            versions
+                .values()
+                .filter_map(|entry| entry.loaded.as_ref().map(|m| m.device))
+        })
         .next()
-        .map_or_else(|| config.runtime.device.to_string(), |device| device.to_string());
-    let provider = if provider.starts_with("cuda") { "cuda" } else { "cpu" };
+        .map_or_else(
+            || config.runtime.device.to_string(),
+            |device| device.to_string(),
+        );
+    let provider = if provider.starts_with("cuda") {
+        "cuda"
+    } else {
+        "cpu"
+    };
     metrics
         .build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION"), &ort_version, provider])
         .set(1);
 
-    let classifier = Arc::new(Classifier::new(registry.clone(), pool, config.lifecycle.strict_readiness));
+    let classifier = Arc::new(Classifier::new(
+        registry.clone(),
+        pool,
+        config.lifecycle.strict_readiness,
+    ));
     let state = AppState {
         classifier: classifier.clone(),
         metrics: metrics.clone(),
@@ -106,7 +123,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(serve(
-        Listeners { http: http_listener, metrics: metrics_listener },
+        Listeners {
+            http: http_listener,
+            metrics: metrics_listener,
+        },
         state,
         batchers,
         shutdown.clone(),
@@ -115,7 +135,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             shutdown: Duration::from_secs(config.lifecycle.shutdown_timeout_seconds),
         },
     ));
-    Ok(RunningServer { http_address, metrics_address, classifier, shutdown, task })
+    Ok(RunningServer {
+        http_address,
+        metrics_address,
+        classifier,
+        shutdown,
+        task,
+    })
 }
 
 struct Listeners {
@@ -147,7 +173,10 @@ async fn serve(
             let metrics = metrics.clone();
             async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
                     metrics.render(),
                 )
             }
@@ -166,7 +195,10 @@ async fn serve(
             result.context("HTTP server task")?.context("HTTP server")?;
         }
     }
-    tracing::info!(drain_seconds = timeouts.drain.as_secs(), "shutting down: not ready, draining");
+    tracing::info!(
+        drain_seconds = timeouts.drain.as_secs(),
+        "shutting down: not ready, draining"
+    );
     classifier.start_draining();
     tokio::time::sleep(timeouts.drain).await;
     tracing::info!("no longer accepting; finishing in-flight requests");
@@ -184,7 +216,10 @@ async fn serve(
     drop(classifier);
     stop_batchers(batchers).await;
     metrics_stop.cancel();
-    metrics_task.await.context("metrics task")?.context("metrics server")?;
+    metrics_task
+        .await
+        .context("metrics task")?
+        .context("metrics server")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -39,8 +39,15 @@ fn preprocess_matches_pillow() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let manifest = std::fs::read_to_string(root.join("preprocess/manifest.json")).unwrap();
     let cases: Vec<Case> = serde_json::from_str(&manifest).unwrap();
-    assert!(cases.len() >= 40, "fixture manifest too small: {}", cases.len());
-    let limits = ImageLimits { max_pixels: 40_000_000, max_aspect_ratio: 32.0 };
+    assert!(
+        cases.len() >= 40,
+        "fixture manifest too small: {}",
+        cases.len()
+    );
+    let limits = ImageLimits {
+        max_pixels: 40_000_000,
+        max_aspect_ratio: 32.0,
+    };
     let mut failures = Vec::new();
     for case in &cases {
         let bytes = std::fs::read(root.join("images").join(&case.image)).unwrap();
@@ -49,15 +56,21 @@ fn preprocess_matches_pillow() {
         let ours = preprocess::crop_window(&pixels, &spec).unwrap();
         let expected = std::fs::read(root.join("preprocess").join(&case.expected)).unwrap();
         assert_eq!(ours.len(), expected.len(), "{} {}", case.image, case.spec);
-        let differences: Vec<u32> =
-            ours.iter().zip(&expected).map(|(a, b)| u32::from(a.abs_diff(*b))).collect();
+        let differences: Vec<u32> = ours
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| u32::from(a.abs_diff(*b)))
+            .collect();
         let max = differences.iter().copied().max().unwrap_or(0);
         let mean = differences.iter().sum::<u32>() as f64 / differences.len() as f64;
         // DESIGN §7: lossless max ≤ 1, mean ≤ 0.25; JPEG max ≤ 4, mean ≤ 0.5.
         let (max_limit, mean_limit) = if case.lossy { (4, 0.5) } else { (1, 0.25) };
         println!("{:32} {:7} max {max} mean {mean:.4}", case.image, case.spec);
         if max > max_limit || mean > mean_limit {
-            failures.push(format!("{} {}: max {max}, mean {mean:.3}", case.image, case.spec));
+            failures.push(format!(
+                "{} {}: max {max}, mean {mean:.3}",
+                case.image, case.spec
+            ));
         }
     }
     assert!(failures.is_empty(), "outside tolerance: {failures:#?}");

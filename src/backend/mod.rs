@@ -59,7 +59,9 @@ pub enum BackendError {
         message: String,
     },
     /// CUDA was requested but cannot be used.
-    #[error("CUDA execution provider unavailable: {0} (pass --allow-cpu-fallback to run on the CPU)")]
+    #[error(
+        "CUDA execution provider unavailable: {0} (pass --allow-cpu-fallback to run on the CPU)"
+    )]
     CudaUnavailable(String),
     /// Running a batch failed.
     #[error("inference failed: {0}")]

@@ -44,7 +44,9 @@ fn environment() -> Result<&'static ort::environment::Environment, BackendError>
     match ENVIRONMENT.get() {
         Some(Ok((environment, _))) => Ok(environment),
         Some(Err(error)) => Err(BackendError::Library(error.clone())),
-        None => Err(BackendError::Library("ONNX Runtime is not initialised".into())),
+        None => Err(BackendError::Library(
+            "ONNX Runtime is not initialised".into(),
+        )),
     }
 }
 
@@ -73,13 +75,17 @@ fn load(path: &Path) -> Result<(ort::environment::Environment, String), String> 
 
 /// Reads the version string of the library at `path` without handing it to `ort`.
 fn library_version(path: &Path) -> Result<String, String> {
-    let cannot = |error: &dyn std::fmt::Display| format!("cannot load `{}`: {error}", path.display());
+    let cannot =
+        |error: &dyn std::fmt::Display| format!("cannot load `{}`: {error}", path.display());
     // SAFETY: loading ONNX Runtime runs only its library initialisers; the symbol is the C
     // API's documented entry point with this signature, and the returned pointers are static.
     unsafe {
         let library = libloading::Library::new(path).map_err(|error| cannot(&error))?;
-        let get_api_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
-            library.get(b"OrtGetApiBase").map_err(|error| cannot(&error))?;
+        let get_api_base: libloading::Symbol<
+            unsafe extern "C" fn() -> *const ort::sys::OrtApiBase,
+        > = library
+            .get(b"OrtGetApiBase")
+            .map_err(|error| cannot(&error))?;
         let base = get_api_base();
         if base.is_null() {
             return Err(cannot(&"OrtGetApiBase returned null"));
@@ -88,7 +94,9 @@ fn library_version(path: &Path) -> Result<String, String> {
         if version.is_null() {
             return Err(cannot(&"no version string"));
         }
-        let version = std::ffi::CStr::from_ptr(version).to_string_lossy().into_owned();
+        let version = std::ffi::CStr::from_ptr(version)
+            .to_string_lossy()
+            .into_owned();
         // Keep the library loaded: ort loads the same file next.
         std::mem::forget(library);
         Ok(version)
@@ -118,22 +126,33 @@ pub struct OrtBackend {
 
 impl std::fmt::Debug for OrtBackend {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("OrtBackend").field("input", &self.input).finish_non_exhaustive()
+        formatter
+            .debug_struct("OrtBackend")
+            .field("input", &self.input)
+            .finish_non_exhaustive()
     }
 }
 
 fn signature(value: &ort::value::Outlet) -> TensorSignature {
     let (is_f32, shape) = match value.dtype() {
-        ValueType::Tensor { ty, shape, .. } => {
-            (*ty == TensorElementType::Float32, shape.iter().copied().collect())
-        }
+        ValueType::Tensor { ty, shape, .. } => (
+            *ty == TensorElementType::Float32,
+            shape.iter().copied().collect(),
+        ),
         _ => (false, Vec::new()),
     };
-    TensorSignature { name: value.name().to_string(), is_f32, shape }
+    TensorSignature {
+        name: value.name().to_string(),
+        is_f32,
+        shape,
+    }
 }
 
 /// Opens `path` as a session with `options`; returns the session's signature too.
-pub fn open(path: &Path, options: &SessionOptions) -> Result<(Session, ModelSignature, Device), BackendError> {
+pub fn open(
+    path: &Path,
+    options: &SessionOptions,
+) -> Result<(Session, ModelSignature, Device), BackendError> {
     let load_error = |error: ort::Error| BackendError::Load {
         path: path.display().to_string(),
         message: error.to_string(),
@@ -148,11 +167,12 @@ pub fn open(path: &Path, options: &SessionOptions) -> Result<(Session, ModelSign
         Device::Cpu => (builder, Device::Cpu),
         Device::Cuda(index) => match cuda(builder, index) {
             Ok(builder) => (builder, Device::Cuda(index)),
-            Err((builder, reason)) if options.allow_cpu_fallback => {
+            Err(failure) if options.allow_cpu_fallback => {
+                let (builder, reason) = *failure;
                 tracing::warn!(%reason, "CUDA unavailable, falling back to the CPU");
                 (builder, Device::Cpu)
             }
-            Err((_, reason)) => return Err(BackendError::CudaUnavailable(reason)),
+            Err(failure) => return Err(BackendError::CudaUnavailable(failure.1)),
         },
     };
     let session = builder.commit_from_file(path).map_err(load_error)?;
@@ -164,33 +184,52 @@ pub fn open(path: &Path, options: &SessionOptions) -> Result<(Session, ModelSign
 }
 
 type Builder = ort::session::builder::SessionBuilder;
+/// The builder back (so the caller can fall back to the CPU) and the reason CUDA failed.
+type CudaError = Box<(Builder, String)>;
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(builder: Builder, _index: u32) -> Result<Builder, (Builder, String)> {
-    Err((builder, "this build has no CUDA support (build with --features cuda)".into()))
+fn cuda(builder: Builder, _index: u32) -> Result<Builder, CudaError> {
+    let reason = "this build has no CUDA support (build with --features cuda)";
+    Err(Box::new((builder, reason.into())))
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(mut builder: Builder, index: u32) -> Result<Builder, (Builder, String)> {
+fn cuda(mut builder: Builder, index: u32) -> Result<Builder, CudaError> {
     use ort::ep::ExecutionProvider;
-    let provider = ort::ep::CUDA::default().with_device_id(index as i32);
+    let failed = |builder: Builder, reason: String| Err(Box::new((builder, reason)));
     match ort::ep::CUDA::is_available() {
         Ok(true) => {}
         Ok(false) => {
-            return Err((builder, "this ONNX Runtime library was built without CUDA".into()));
+            return failed(
+                builder,
+                "this ONNX Runtime library was built without CUDA".into(),
+            );
         }
-        Err(error) => return Err((builder, error.to_string())),
+        Err(error) => return failed(builder, error.to_string()),
     }
+    let provider = ort::ep::CUDA::default().with_device_id(index as i32);
     match provider.register(&mut builder) {
         Ok(()) => Ok(builder),
-        Err(error) => Err((builder, error.to_string())),
+        Err(error) => failed(builder, error.to_string()),
     }
 }
 
 impl OrtBackend {
     /// Wraps an opened session that takes `input` `[N, dims...]` and returns `output`.
-    pub fn new(session: Session, input: String, output: String, dims: Vec<usize>, device: Device) -> Self {
-        Self { session, input, output, dims, device }
+    pub fn new(
+        session: Session,
+        input: String,
+        output: String,
+        dims: Vec<usize>,
+        device: Device,
+    ) -> Self {
+        Self {
+            session,
+            input,
+            output,
+            dims,
+            device,
+        }
     }
 }
 
@@ -206,7 +245,10 @@ impl Backend for OrtBackend {
             .run(ort::inputs![self.input.as_str() => tensor])
             .map_err(run)?;
         let Some(value) = outputs.get(&self.output) else {
-            return Err(BackendError::Run(format!("no output named `{}`", self.output)));
+            return Err(BackendError::Run(format!(
+                "no output named `{}`",
+                self.output
+            )));
         };
         let (_, logits) = value.try_extract_tensor::<f32>().map_err(run)?;
         Ok(logits.to_vec())

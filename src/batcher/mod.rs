@@ -40,7 +40,15 @@ impl Job {
         respond: oneshot::Sender<Result<JobOutput, BatchError>>,
     ) -> Self {
         let enqueued = Instant::now();
-        Self { input, images, level, deadline, respond, span: tracing::Span::current(), enqueued }
+        Self {
+            input,
+            images,
+            level,
+            deadline,
+            respond,
+            span: tracing::Span::current(),
+            enqueued,
+        }
     }
 }
 
@@ -125,24 +133,39 @@ impl BatcherHandle {
     /// Queues a job, or refuses it at once when the queue is full or closed.
     pub fn submit(&self, job: Job) -> Result<(), BatchError> {
         let images = job.images;
-        let admitted = self.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-            (queued + images <= self.capacity).then_some(queued + images)
-        });
+        let admitted = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + images <= self.capacity).then_some(queued + images)
+            });
         if admitted.is_err() {
-            self.metrics.rejected.with_label_values(&[self.model.as_str(), "queue_full"]).inc();
-            return Err(BatchError::QueueFull { capacity: self.capacity });
+            self.metrics
+                .rejected
+                .with_label_values(&[self.model.as_str(), "queue_full"])
+                .inc();
+            return Err(BatchError::QueueFull {
+                capacity: self.capacity,
+            });
         }
         match self.jobs.try_send(job) {
             Ok(()) => {
-                self.metrics.queue_depth.with_label_values(&[self.model.as_str()]).add(images as i64);
+                self.metrics
+                    .queue_depth
+                    .with_label_values(&[self.model.as_str()])
+                    .add(images as i64);
                 Ok(())
             }
             Err(error) => {
                 self.queued.fetch_sub(images, Ordering::AcqRel);
                 match error {
                     mpsc::error::TrySendError::Full(_) => {
-                        self.metrics.rejected.with_label_values(&[self.model.as_str(), "queue_full"]).inc();
-                        Err(BatchError::QueueFull { capacity: self.capacity })
+                        self.metrics
+                            .rejected
+                            .with_label_values(&[self.model.as_str(), "queue_full"])
+                            .inc();
+                        Err(BatchError::QueueFull {
+                            capacity: self.capacity,
+                        })
                     }
                     mpsc::error::TrySendError::Closed(_) => Err(BatchError::ShuttingDown),
                 }
@@ -232,7 +255,11 @@ pub fn spawn(
         metrics,
         model: config.model,
     };
-    Ok(Batcher { handle: Some(handle), scheduler: tokio::spawn(scheduler.run()), workers })
+    Ok(Batcher {
+        handle: Some(handle),
+        scheduler: tokio::spawn(scheduler.run()),
+        workers,
+    })
 }
 
 struct Scheduler {
@@ -285,10 +312,15 @@ impl Scheduler {
                 Eviction::Expired => "deadline",
                 Eviction::Cancelled => "cancelled",
             };
-            self.metrics.rejected.with_label_values(&[self.model.as_str(), label]).inc();
+            self.metrics
+                .rejected
+                .with_label_values(&[self.model.as_str(), label])
+                .inc();
             let waited_ms = now.duration_since(job.enqueued).as_millis() as u64;
             // A closed receiver means the client is gone: nobody to tell.
-            let _ = job.respond.send(Err(BatchError::DeadlineExceeded { waited_ms }));
+            let _ = job
+                .respond
+                .send(Err(BatchError::DeadlineExceeded { waited_ms }));
         }
         while let Some(&worker) = self.idle_workers.last() {
             match self.policy.next(now) {
@@ -296,11 +328,14 @@ impl Scheduler {
                     self.idle_workers.pop();
                     let images: usize = batch.iter().map(|job| job.images).sum();
                     self.dequeued(images);
-                    if let Some(sender) = self.workers.get(worker) {
-                        if let Err(error) = sender.try_send(batch) {
-                            for job in error.into_inner() {
-                                let _ = job.respond.send(Err(BatchError::ShuttingDown));
-                            }
+                    let sent = match self.workers.get(worker) {
+                        Some(sender) => sender.try_send(batch).map_err(|error| error.into_inner()),
+                        None => Err(batch),
+                    };
+                    // Unreachable while the worker lives: it only reports idle with an empty slot.
+                    if let Err(batch) = sent {
+                        for job in batch {
+                            let _ = job.respond.send(Err(BatchError::ShuttingDown));
                         }
                     }
                 }
@@ -314,7 +349,10 @@ impl Scheduler {
 
     fn dequeued(&self, images: usize) {
         self.queued.fetch_sub(images, Ordering::AcqRel);
-        self.metrics.queue_depth.with_label_values(&[self.model.as_str()]).sub(images as i64);
+        self.metrics
+            .queue_depth
+            .with_label_values(&[self.model.as_str()])
+            .sub(images as i64);
     }
 }
 
@@ -364,8 +402,14 @@ impl Worker {
             )))
         };
         let infer = started.elapsed();
-        self.metrics.inference_seconds.with_label_values(&[model]).observe(infer.as_secs_f64());
-        self.metrics.batch_size.with_label_values(&[model]).observe(images as f64);
+        self.metrics
+            .inference_seconds
+            .with_label_values(&[model])
+            .observe(infer.as_secs_f64());
+        self.metrics
+            .batch_size
+            .with_label_values(&[model])
+            .observe(images as f64);
         let classes = self.config.classes;
         let result = result.and_then(|logits| {
             if logits.len() == images * classes {
@@ -381,7 +425,8 @@ impl Worker {
             Ok(logits) => {
                 let mut rows = logits.chunks_exact(classes);
                 for job in batch {
-                    let logits: Vec<f32> = rows.by_ref().take(job.images).flatten().copied().collect();
+                    let logits: Vec<f32> =
+                        rows.by_ref().take(job.images).flatten().copied().collect();
                     let output = JobOutput {
                         logits,
                         queue: started.duration_since(job.enqueued),
@@ -394,7 +439,9 @@ impl Worker {
             Err(error) => {
                 tracing::error!(model, %error, "batch failed");
                 for job in batch {
-                    let _ = job.respond.send(Err(BatchError::Backend(error.to_string())));
+                    let _ = job
+                        .respond
+                        .send(Err(BatchError::Backend(error.to_string())));
                 }
             }
         }

@@ -65,8 +65,15 @@ pub struct Policy<J> {
 impl<J: Queued> Policy<J> {
     /// An empty queue with these limits.
     pub fn new(limits: Limits) -> Self {
-        let levels = (0..limits.priority_levels.max(1)).map(|_| BTreeMap::new()).collect();
-        Self { limits, levels, images: 0, sequence: 0 }
+        let levels = (0..limits.priority_levels.max(1))
+            .map(|_| BTreeMap::new())
+            .collect();
+        Self {
+            limits,
+            levels,
+            images: 0,
+            sequence: 0,
+        }
     }
 
     /// Images waiting.
@@ -116,7 +123,10 @@ impl<J: Queued> Policy<J> {
 
     /// The earliest deadline of any queued job, so the caller can wake to evict it.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.levels.iter().filter_map(|queue| queue.keys().next().map(|(deadline, _)| *deadline)).min()
+        self.levels
+            .iter()
+            .filter_map(|queue| queue.keys().next().map(|(deadline, _)| *deadline))
+            .min()
     }
 
     /// Decides what an idle instance should do at `now`.
@@ -158,7 +168,11 @@ impl<J: Queued> Policy<J> {
         }
         let mut batch = Vec::with_capacity(keys.len());
         for (level, key) in keys {
-            if let Some(entry) = self.levels.get_mut(level).and_then(|queue| queue.remove(&key)) {
+            if let Some(entry) = self
+                .levels
+                .get_mut(level)
+                .and_then(|queue| queue.remove(&key))
+            {
                 self.images -= entry.job.images();
                 batch.push(entry.job);
             }
@@ -200,7 +214,13 @@ mod tests {
     }
 
     fn job(t0: Instant, id: u32, images: usize) -> TestJob {
-        TestJob { id, images, level: 0, deadline: t0 + ms(1000), cancelled: false }
+        TestJob {
+            id,
+            images,
+            level: 0,
+            deadline: t0 + ms(1000),
+            cancelled: false,
+        }
     }
 
     fn limits(max_batch_size: usize, delay: Duration) -> Limits {
@@ -252,7 +272,10 @@ mod tests {
     #[test]
     fn a_full_preferred_batch_runs_without_waiting() {
         let t0 = Instant::now();
-        let mut policy = Policy::new(Limits { preferred_batch_sizes: vec![2, 4], ..limits(8, ms(50)) });
+        let mut policy = Policy::new(Limits {
+            preferred_batch_sizes: vec![2, 4],
+            ..limits(8, ms(50))
+        });
         policy.push(job(t0, 1, 3), t0);
         assert!(matches!(policy.next(t0), Decision::WaitUntil(_)));
         policy.push(job(t0, 2, 1), t0);
@@ -263,7 +286,13 @@ mod tests {
     fn waiting_never_outlasts_a_deadline() {
         let t0 = Instant::now();
         let mut policy = Policy::new(limits(8, ms(50)));
-        policy.push(TestJob { deadline: t0 + ms(10), ..job(t0, 1, 1) }, t0);
+        policy.push(
+            TestJob {
+                deadline: t0 + ms(10),
+                ..job(t0, 1, 1)
+            },
+            t0,
+        );
         assert_eq!(policy.next(t0), Decision::WaitUntil(t0 + ms(10)));
     }
 
@@ -271,9 +300,27 @@ mod tests {
     fn higher_priority_first_then_earliest_deadline() {
         let t0 = Instant::now();
         let mut policy = Policy::new(limits(1, Duration::ZERO));
-        policy.push(TestJob { level: 1, ..job(t0, 1, 1) }, t0);
-        policy.push(TestJob { deadline: t0 + ms(500), ..job(t0, 2, 1) }, t0);
-        policy.push(TestJob { deadline: t0 + ms(100), ..job(t0, 3, 1) }, t0);
+        policy.push(
+            TestJob {
+                level: 1,
+                ..job(t0, 1, 1)
+            },
+            t0,
+        );
+        policy.push(
+            TestJob {
+                deadline: t0 + ms(500),
+                ..job(t0, 2, 1)
+            },
+            t0,
+        );
+        policy.push(
+            TestJob {
+                deadline: t0 + ms(100),
+                ..job(t0, 3, 1)
+            },
+            t0,
+        );
         assert_eq!(ids(policy.next(t0)), vec![3]);
         assert_eq!(ids(policy.next(t0)), vec![2]);
         assert_eq!(ids(policy.next(t0)), vec![1]);
@@ -283,13 +330,31 @@ mod tests {
     fn expired_and_cancelled_jobs_are_evicted_before_running() {
         let t0 = Instant::now();
         let mut policy = Policy::new(limits(8, Duration::ZERO));
-        policy.push(TestJob { deadline: t0 + ms(5), ..job(t0, 1, 1) }, t0);
-        policy.push(TestJob { cancelled: true, ..job(t0, 2, 1) }, t0);
+        policy.push(
+            TestJob {
+                deadline: t0 + ms(5),
+                ..job(t0, 1, 1)
+            },
+            t0,
+        );
+        policy.push(
+            TestJob {
+                cancelled: true,
+                ..job(t0, 2, 1)
+            },
+            t0,
+        );
         policy.push(job(t0, 3, 1), t0);
         assert_eq!(policy.next_deadline(), Some(t0 + ms(5)));
-        let evicted: Vec<_> =
-            policy.evict(t0 + ms(5)).into_iter().map(|(job, why)| (job.id, why)).collect();
-        assert_eq!(evicted, vec![(1, Eviction::Expired), (2, Eviction::Cancelled)]);
+        let evicted: Vec<_> = policy
+            .evict(t0 + ms(5))
+            .into_iter()
+            .map(|(job, why)| (job.id, why))
+            .collect();
+        assert_eq!(
+            evicted,
+            vec![(1, Eviction::Expired), (2, Eviction::Cancelled)]
+        );
         assert_eq!(policy.queued_images(), 1);
         assert_eq!(ids(policy.next(t0 + ms(5))), vec![3]);
     }
@@ -298,7 +363,13 @@ mod tests {
     fn an_out_of_range_level_is_served_at_the_lowest_priority() {
         let t0 = Instant::now();
         let mut policy = Policy::new(limits(1, Duration::ZERO));
-        policy.push(TestJob { level: 9, ..job(t0, 1, 1) }, t0);
+        policy.push(
+            TestJob {
+                level: 9,
+                ..job(t0, 1, 1)
+            },
+            t0,
+        );
         policy.push(job(t0, 2, 1), t0);
         assert_eq!(ids(policy.next(t0)), vec![2]);
         assert_eq!(ids(policy.next(t0)), vec![1]);

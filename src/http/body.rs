@@ -32,8 +32,18 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 
 /// The media type without parameters, lower-case.
 pub fn media_type(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(axum::http::header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+    let value = headers
+        .get(axum::http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?;
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 /// Parses a `/classify` body according to its content type.
@@ -54,9 +64,15 @@ pub async fn parse(request: Request, limit: usize) -> Result<ParsedBody, ApiErro
 async fn raw(request: Request, limit: usize) -> Result<ParsedBody, ApiError> {
     let bytes = read_limited(request.into_body(), limit).await?;
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("empty_body", "the request body is empty; send an image"));
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the request body is empty; send an image",
+        ));
     }
-    Ok(ParsedBody { images: vec![bytes], multi: false })
+    Ok(ParsedBody {
+        images: vec![bytes],
+        multi: false,
+    })
 }
 
 async fn parse_multipart(request: Request, limit: usize) -> Result<ParsedBody, ApiError> {
@@ -66,7 +82,12 @@ async fn parse_multipart(request: Request, limit: usize) -> Result<ParsedBody, A
     let bad = |message: String| ApiError::bad_request("bad_multipart", message);
     let mut multipart = Multipart::from_request(request, &())
         .await
-        .map_err(|rejection| bad(format!("invalid multipart request: {}", rejection.body_text())))?;
+        .map_err(|rejection| {
+            bad(format!(
+                "invalid multipart request: {}",
+                rejection.body_text()
+            ))
+        })?;
     let mut images = Vec::new();
     while let Some(field) = multipart
         .next_field()
@@ -75,7 +96,9 @@ async fn parse_multipart(request: Request, limit: usize) -> Result<ParsedBody, A
     {
         // File parts carry a filename; plain text fields (form metadata) are skipped.
         let is_file = field.file_name().is_some()
-            || field.content_type().is_some_and(|media| !media.starts_with("text/"));
+            || field
+                .content_type()
+                .is_some_and(|media| !media.starts_with("text/"));
         if !is_file {
             continue;
         }
@@ -86,9 +109,14 @@ async fn parse_multipart(request: Request, limit: usize) -> Result<ParsedBody, A
         images.push(data);
     }
     if images.is_empty() {
-        return Err(bad("the multipart body has no file part; attach images as files".into()));
+        return Err(bad(
+            "the multipart body has no file part; attach images as files".into(),
+        ));
     }
-    Ok(ParsedBody { images, multi: true })
+    Ok(ParsedBody {
+        images,
+        multi: true,
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -101,7 +129,10 @@ struct JsonBody {
 /// Parses `{"image": "<base64>"}` or `{"images": ["<base64>", ...]}`.
 pub fn parse_json(bytes: &[u8]) -> Result<ParsedBody, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("empty_body", "the request body is empty; send JSON with `image` or `images`"));
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the request body is empty; send JSON with `image` or `images`",
+        ));
     }
     let body: JsonBody = serde_json::from_slice(bytes).map_err(|error| {
         ApiError::bad_request(
@@ -110,37 +141,60 @@ pub fn parse_json(bytes: &[u8]) -> Result<ParsedBody, ApiError> {
         )
     })?;
     match (body.image, body.images) {
-        (Some(image), None) => Ok(ParsedBody { images: vec![decode_base64(&image, None)?], multi: false }),
+        (Some(image), None) => Ok(ParsedBody {
+            images: vec![decode_base64(&image, None)?],
+            multi: false,
+        }),
         (None, Some(images)) if !images.is_empty() => {
             let images = images
                 .iter()
                 .enumerate()
                 .map(|(index, image)| decode_base64(image, Some(index)))
                 .collect::<Result<_, _>>()?;
-            Ok(ParsedBody { images, multi: true })
+            Ok(ParsedBody {
+                images,
+                multi: true,
+            })
         }
         (None, Some(_)) => Err(ApiError::bad_request("bad_json", "`images` is empty")),
-        (Some(_), Some(_)) => Err(ApiError::bad_request("bad_json", "give either `image` or `images`, not both")),
-        (None, None) => Err(ApiError::bad_request("bad_json", "the JSON body needs `image` or `images`")),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "bad_json",
+            "give either `image` or `images`, not both",
+        )),
+        (None, None) => Err(ApiError::bad_request(
+            "bad_json",
+            "the JSON body needs `image` or `images`",
+        )),
     }
 }
 
 /// Decodes standard or URL-safe base64, padded or not, with an optional `data:` URL prefix.
 pub fn decode_base64(text: &str, index: Option<usize>) -> Result<Bytes, ApiError> {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    let config = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     let payload = match text.strip_prefix("data:") {
         Some(rest) => match rest.split_once(',') {
             Some((meta, data)) if meta.ends_with(";base64") => data,
             _ => {
-                return Err(base64_error(index, "a data URL must have the form data:<type>;base64,<data>".into()));
+                return Err(base64_error(
+                    index,
+                    "a data URL must have the form data:<type>;base64,<data>".into(),
+                ));
             }
         },
         None => text,
     };
-    let cleaned: Vec<u8> = payload.bytes().filter(|byte| !byte.is_ascii_whitespace()).collect();
+    let cleaned: Vec<u8> = payload
+        .bytes()
+        .filter(|byte| !byte.is_ascii_whitespace())
+        .collect();
     let url_safe = cleaned.iter().any(|&byte| byte == b'-' || byte == b'_');
-    let alphabet = if url_safe { &base64::alphabet::URL_SAFE } else { &base64::alphabet::STANDARD };
+    let alphabet = if url_safe {
+        &base64::alphabet::URL_SAFE
+    } else {
+        &base64::alphabet::STANDARD
+    };
     GeneralPurpose::new(alphabet, config)
         .decode(&cleaned)
         .map(Bytes::from)
@@ -148,7 +202,9 @@ pub fn decode_base64(text: &str, index: Option<usize>) -> Result<Bytes, ApiError
 }
 
 fn base64_error(index: Option<usize>, detail: String) -> ApiError {
-    let position = index.map(|index| format!("image {index}: ")).unwrap_or_default();
+    let position = index
+        .map(|index| format!("image {index}: "))
+        .unwrap_or_default();
     ApiError::bad_request("bad_base64", format!("{position}invalid base64: {detail}"))
 }
 
@@ -158,26 +214,60 @@ mod tests {
 
     #[test]
     fn base64_variants_decode() {
-        assert_eq!(decode_base64("aGVsbG8=", None).unwrap(), Bytes::from_static(b"hello"));
-        assert_eq!(decode_base64("aGVsbG8", None).unwrap(), Bytes::from_static(b"hello"));
-        assert_eq!(decode_base64("data:image/png;base64,aGVs\nbG8=", None).unwrap(), Bytes::from_static(b"hello"));
-        assert_eq!(decode_base64("-_-_", None).unwrap(), Bytes::from_static(&[0xfb, 0xff, 0xbf]));
-        assert_eq!(decode_base64("+/+/", None).unwrap(), Bytes::from_static(&[0xfb, 0xff, 0xbf]));
+        assert_eq!(
+            decode_base64("aGVsbG8=", None).unwrap(),
+            Bytes::from_static(b"hello")
+        );
+        assert_eq!(
+            decode_base64("aGVsbG8", None).unwrap(),
+            Bytes::from_static(b"hello")
+        );
+        assert_eq!(
+            decode_base64("data:image/png;base64,aGVs\nbG8=", None).unwrap(),
+            Bytes::from_static(b"hello")
+        );
+        assert_eq!(
+            decode_base64("-_-_", None).unwrap(),
+            Bytes::from_static(&[0xfb, 0xff, 0xbf])
+        );
+        assert_eq!(
+            decode_base64("+/+/", None).unwrap(),
+            Bytes::from_static(&[0xfb, 0xff, 0xbf])
+        );
     }
 
     #[test]
     fn bad_base64_names_the_image() {
         let error = decode_base64("not base64!", Some(2)).unwrap_err();
-        assert!(error.to_string().starts_with("image 2: invalid base64"), "{error}");
+        assert!(
+            error.to_string().starts_with("image 2: invalid base64"),
+            "{error}"
+        );
         assert!(decode_base64("data:image/png,abc", None).is_err());
     }
 
     #[test]
     fn json_shapes() {
         assert!(!parse_json(br#"{"image": "aGk="}"#).unwrap().multi);
-        assert_eq!(parse_json(br#"{"images": ["aGk=", "aGk="]}"#).unwrap().images.len(), 2);
-        for bad in [&br#"{"image": 1}"#[..], br#"{"img": "aGk="}"#, br#"[]"#, br#"{"images": []}"#, b"{", br#"{"image":"aGk=","images":["aGk="]}"#] {
-            assert_eq!(parse_json(bad).unwrap_err().status(), axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(
+            parse_json(br#"{"images": ["aGk=", "aGk="]}"#)
+                .unwrap()
+                .images
+                .len(),
+            2
+        );
+        for bad in [
+            &br#"{"image": 1}"#[..],
+            br#"{"img": "aGk="}"#,
+            br#"[]"#,
+            br#"{"images": []}"#,
+            b"{",
+            br#"{"image":"aGk=","images":["aGk="]}"#,
+        ] {
+            assert_eq!(
+                parse_json(bad).unwrap_err().status(),
+                axum::http::StatusCode::BAD_REQUEST
+            );
         }
     }
 }

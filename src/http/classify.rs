@@ -61,7 +61,11 @@ pub struct ClassifyResponse {
 fn prediction_bodies(predictions: Vec<Prediction>) -> Vec<PredictionBody> {
     predictions
         .into_iter()
-        .map(|prediction| PredictionBody { label: prediction.label, index: prediction.index, score: prediction.score })
+        .map(|prediction| PredictionBody {
+            label: prediction.label,
+            index: prediction.index,
+            score: prediction.score,
+        })
         .collect()
 }
 
@@ -74,7 +78,10 @@ pub async fn classify(
 ) -> Response {
     let started = Instant::now();
     let request_id = request_id.map(|axum::Extension(id)| id.0);
-    let model_param = query.as_ref().ok().and_then(|Query(params)| params.model.clone());
+    let model_param = query
+        .as_ref()
+        .ok()
+        .and_then(|Query(params)| params.model.clone());
     let result = handle(&state, query, request).await;
     let (model, version) = match &result {
         Ok((classification, _)) => (classification.model.clone(), classification.version.clone()),
@@ -88,7 +95,11 @@ pub async fn classify(
         Err(error) => error.into_response_with_id(request_id.as_deref()),
     };
     let code = response.status().as_u16().to_string();
-    state.metrics.requests.with_label_values(&[model.as_str(), &version, "http", &code]).inc();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[model.as_str(), &version, "http", &code])
+        .inc();
     state
         .metrics
         .request_seconds
@@ -102,13 +113,18 @@ async fn handle(
     query: Result<Query<ClassifyParams>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Result<(Classification, bool), ApiError> {
-    let Query(params) = query.map_err(|rejection| ApiError::bad_request("bad_query", rejection.body_text()))?;
+    let Query(params) =
+        query.map_err(|rejection| ApiError::bad_request("bad_query", rejection.body_text()))?;
     let top_k = params
         .top_k
         .as_deref()
         .map(|text| {
-            text.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("invalid_top_k", format!("top_k must be an integer, got `{text}`")))
+            text.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_top_k",
+                    format!("top_k must be an integer, got `{text}`"),
+                )
+            })
         })
         .transpose()?;
     let headers = request.headers().clone();
@@ -141,7 +157,10 @@ fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiErro
         .and_then(|text| text.trim().parse::<u64>().ok())
         .map(Some)
         .ok_or_else(|| {
-            ApiError::bad_request("bad_header", format!("header {name} must be a non-negative integer, got {value:?}"))
+            ApiError::bad_request(
+                "bad_header",
+                format!("header {name} must be a non-negative integer, got {value:?}"),
+            )
         })
 }
 
@@ -153,7 +172,11 @@ fn success(classification: Classification, multi: bool) -> Response {
             model: classification.model,
             version: classification.version,
             predictions: None,
-            results: Some(results.map(|predictions| ResultBody { predictions }).collect()),
+            results: Some(
+                results
+                    .map(|predictions| ResultBody { predictions })
+                    .collect(),
+            ),
         }
     } else {
         ClassifyResponse {

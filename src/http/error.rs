@@ -29,7 +29,9 @@ pub enum ApiError {
         limit: usize,
     },
     /// Content type we do not take.
-    #[error("unsupported content type `{0}`; send image bytes (image/* or application/octet-stream), multipart/form-data or application/json")]
+    #[error(
+        "unsupported content type `{0}`; send image bytes (image/* or application/octet-stream), multipart/form-data or application/json"
+    )]
     UnsupportedContentType(String),
     /// `--api-key` set and the bearer token missing or wrong.
     #[error("missing or invalid API key (Authorization: Bearer <key>)")]
@@ -56,7 +58,10 @@ pub enum ApiError {
 impl ApiError {
     /// A malformed-request error.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::BadRequest { code, message: message.into() }
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The HTTP status for this error.
@@ -134,8 +139,12 @@ impl IntoResponse for ApiError {
 /// The status of each service error; every variant named, so a new one must be mapped.
 fn service_status(error: &ServiceError) -> StatusCode {
     match error {
-        ServiceError::ModelNotFound { .. } | ServiceError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
-        ServiceError::ModelNotReady { .. } | ServiceError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::ModelNotFound { .. } | ServiceError::VersionNotFound { .. } => {
+            StatusCode::NOT_FOUND
+        }
+        ServiceError::ModelNotReady { .. } | ServiceError::ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ServiceError::NoImages
         | ServiceError::InvalidTopK { .. }
         | ServiceError::InvalidPriority { .. }
@@ -167,18 +176,40 @@ mod tests {
 
     #[test]
     fn image_errors_map_to_the_design_table() {
-        let image = |source| ApiError::Service(ServiceError::Image { index: Some(1), source });
-        assert_eq!(image(PreprocessError::UnknownFormat).status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        let bomb = PreprocessError::TooManyPixels { width: 50_000, height: 50_000, limit: 40_000_000 };
+        let image = |source| {
+            ApiError::Service(ServiceError::Image {
+                index: Some(1),
+                source,
+            })
+        };
+        assert_eq!(
+            image(PreprocessError::UnknownFormat).status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        let bomb = PreprocessError::TooManyPixels {
+            width: 50_000,
+            height: 50_000,
+            limit: 40_000_000,
+        };
         assert_eq!(image(bomb.clone()).status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(image(bomb).to_string().starts_with("image 1: image is 50000×50000"));
-        let corrupt = PreprocessError::Decode { format: "png", message: "crc".into() };
+        assert!(
+            image(bomb)
+                .to_string()
+                .starts_with("image 1: image is 50000×50000")
+        );
+        let corrupt = PreprocessError::Decode {
+            format: "png",
+            message: "crc".into(),
+        };
         assert_eq!(image(corrupt).status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 
     #[test]
     fn internal_errors_hide_details() {
         let error = ApiError::Service(ServiceError::Internal("secret path".into()));
-        assert_eq!(error.message(Some("abc")), "internal error (request id abc)");
+        assert_eq!(
+            error.message(Some("abc")),
+            "internal error (request id abc)"
+        );
     }
 }

@@ -21,7 +21,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     if state.classifier.is_ready() {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
     } else {
-        let reason = if state.classifier.is_draining() { "draining" } else { "models not ready" };
+        let reason = if state.classifier.is_draining() {
+            "draining"
+        } else {
+            "models not ready"
+        };
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"status": "not_ready", "reason": reason})),
@@ -83,7 +87,10 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
         .snapshot()
         .into_iter()
         .map(|(name, versions)| {
-            let loaded = versions.values().rev().find_map(|entry| entry.loaded.clone());
+            let loaded = versions
+                .values()
+                .rev()
+                .find_map(|entry| entry.loaded.clone());
             ModelInfo {
                 name,
                 versions: versions
@@ -99,16 +106,23 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
                     .collect(),
                 input: loaded.as_ref().map(|model| InputInfo {
                     name: model.spec.input_name.clone(),
-                    shape: std::iter::once(-1).chain(model.spec.dims.iter().map(|&d| d as i64)).collect(),
+                    shape: std::iter::once(-1)
+                        .chain(model.spec.dims.iter().map(|&d| d as i64))
+                        .collect(),
                     color: match model.spec.preprocess.color {
                         Color::Rgb => "rgb".into(),
                         Color::Gray => "gray".into(),
                     },
                 }),
                 labels: loaded.as_ref().map_or(0, |model| model.spec.labels.len()),
-                max_batch_size: loaded.as_ref().map_or(0, |model| model.spec.batching.max_batch_size),
+                max_batch_size: loaded
+                    .as_ref()
+                    .map_or(0, |model| model.spec.batching.max_batch_size),
             }
         })
         .collect();
-    Json(ModelsResponse { default: registry.default_model().to_string(), models })
+    Json(ModelsResponse {
+        default: registry.default_model().to_string(),
+        models,
+    })
 }

@@ -44,7 +44,10 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/classify", post(classify::classify))
         .route("/models", get(health::models))
-        .route_layer(middleware::from_fn_with_state(state.clone(), limit_in_flight));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_in_flight,
+        ));
     Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
@@ -56,7 +59,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
-    ApiError::NotFound { method: method.to_string(), path: uri.path().to_string() }.into_response()
+    ApiError::NotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+    .into_response()
 }
 
 async fn method_not_allowed(method: Method) -> Response {
@@ -88,7 +95,10 @@ async fn limit_in_flight(State(state): State<AppState>, request: Request, next: 
         if state.classifier.is_draining() {
             return ApiError::Service(crate::error::ServiceError::ShuttingDown).into_response();
         }
-        return ApiError::Overloaded { limit: state.max_concurrent_requests }.into_response();
+        return ApiError::Overloaded {
+            limit: state.max_concurrent_requests,
+        }
+        .into_response();
     };
     let _gauge = InFlightGauge::new(state.metrics.clone());
     next.run(request).await

@@ -13,7 +13,9 @@ pub(crate) fn rgb_to_gray(rgb: &[u8]) -> Vec<u8> {
 
 /// Pillow's L → RGB: the value in every channel.
 pub(crate) fn gray_to_rgb(gray: &[u8]) -> Vec<u8> {
-    gray.iter().flat_map(|&value| [value, value, value]).collect()
+    gray.iter()
+        .flat_map(|&value| [value, value, value])
+        .collect()
 }
 
 /// Pillow's CMYK JPEG → RGB: Pillow reads JPEG CMYK as inverted (Adobe) and converts with
@@ -42,7 +44,10 @@ mod tests {
     fn gray_matches_pillow_weights() {
         assert_eq!(rgb_to_gray(&[255, 255, 255, 0, 0, 0]), vec![255, 0]);
         // Pillow: Image.new("RGB", (1, 1), (255, 0, 0)).convert("L") == 76
-        assert_eq!(rgb_to_gray(&[255, 0, 0, 0, 255, 0, 0, 0, 255]), vec![76, 150, 29]);
+        assert_eq!(
+            rgb_to_gray(&[255, 0, 0, 0, 255, 0, 0, 0, 255]),
+            vec![76, 150, 29]
+        );
     }
 
     #[test]

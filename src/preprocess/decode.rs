@@ -26,7 +26,10 @@ pub(crate) fn decode(
 }
 
 fn decode_error(format: ImageFormat, message: impl ToString) -> PreprocessError {
-    PreprocessError::Decode { format: format.name(), message: message.to_string() }
+    PreprocessError::Decode {
+        format: format.name(),
+        message: message.to_string(),
+    }
 }
 
 fn decode_jpeg(
@@ -68,7 +71,11 @@ fn decode_jpeg(
     let pitch = scaled.width * format.size();
     let length = pitch
         .checked_mul(scaled.height)
-        .ok_or(PreprocessError::TooManyPixels { width, height, limit: limits.max_pixels })?;
+        .ok_or(PreprocessError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        })?;
     let mut data = vec![0u8; length];
     let image = turbojpeg::Image {
         pixels: data.as_mut_slice(),
@@ -80,13 +87,36 @@ fn decode_jpeg(
     decompressor.decompress(bytes, image).map_err(jpeg_error)?;
     let (width, height) = (to_u32(scaled.width)?, to_u32(scaled.height)?);
     let pixels = match (source_gray, cmyk, color) {
-        (true, _, Color::Gray) => Pixels { width, height, channels: Channels::Gray, data },
-        (true, _, Color::Rgb) => Pixels { width, height, channels: Channels::Rgb, data: gray_to_rgb(&data) },
+        (true, _, Color::Gray) => Pixels {
+            width,
+            height,
+            channels: Channels::Gray,
+            data,
+        },
+        (true, _, Color::Rgb) => Pixels {
+            width,
+            height,
+            channels: Channels::Rgb,
+            data: gray_to_rgb(&data),
+        },
         (false, true, _) => to_color(
-            Pixels { width, height, channels: Channels::Rgb, data: cmyk_to_rgb(&data) },
+            Pixels {
+                width,
+                height,
+                channels: Channels::Rgb,
+                data: cmyk_to_rgb(&data),
+            },
             color,
         ),
-        (false, false, _) => to_color(Pixels { width, height, channels: Channels::Rgb, data }, color),
+        (false, false, _) => to_color(
+            Pixels {
+                width,
+                height,
+                channels: Channels::Rgb,
+                data,
+            },
+            color,
+        ),
     };
     Ok(match jpeg_orientation(bytes) {
         Some(orientation) if orientation != Orientation::NoTransforms => {
@@ -126,10 +156,8 @@ fn jpeg_orientation(bytes: &[u8]) -> Option<Orientation> {
         }
         let length = usize::from(u16::from_be_bytes([high, low]));
         let segment = bytes.get(position + 4..position + 2 + length)?;
-        if marker == 0xE1 {
-            if let Some(exif) = segment.strip_prefix(b"Exif\0\0") {
-                return Orientation::from_exif_chunk(exif);
-            }
+        if let (0xE1, Some(exif)) = (marker, segment.strip_prefix(b"Exif\0\0")) {
+            return Orientation::from_exif_chunk(exif);
         }
         position += 2 + length;
     }
@@ -142,6 +170,10 @@ fn decode_other(
     color: Color,
     limits: &ImageLimits,
 ) -> Result<Pixels, PreprocessError> {
+    // Refuse bombs from the raw header, before any decoder reads further.
+    if let Some((width, height)) = super::format::header_dimensions(bytes, format) {
+        limits.check(width, height)?;
+    }
     let image_format = match format {
         ImageFormat::Png => image::ImageFormat::Png,
         ImageFormat::Gif => image::ImageFormat::Gif,
@@ -155,7 +187,9 @@ fn decode_other(
     // 16-bit RGBA is the widest layout: 8 bytes a pixel, plus room for the decoder's buffers.
     decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
     reader.limits(decoder_limits);
-    let mut decoder = reader.into_decoder().map_err(|error| decode_error(format, error))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|error| decode_error(format, error))?;
     let (width, height) = decoder.dimensions();
     limits.check(width, height)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
@@ -196,14 +230,24 @@ fn decode_other(
 
 /// Applies an EXIF orientation to decoded pixels.
 fn orient(pixels: Pixels, orientation: Orientation) -> Pixels {
-    let Pixels { width, height, channels, data } = pixels;
+    let Pixels {
+        width,
+        height,
+        channels,
+        data,
+    } = pixels;
     let image = match channels {
         Channels::Gray => image::GrayImage::from_raw(width, height, data).map(DynamicImage::from),
         Channels::Rgb => image::RgbImage::from_raw(width, height, data).map(DynamicImage::from),
     };
     let Some(mut image) = image else {
         // Unreachable: the buffer was sized from these dimensions.
-        return Pixels { width, height, channels, data: Vec::new() };
+        return Pixels {
+            width,
+            height,
+            channels,
+            data: Vec::new(),
+        };
     };
     image.apply_orientation(orientation);
     let (width, height) = (image.width(), image.height());
@@ -211,5 +255,10 @@ fn orient(pixels: Pixels, orientation: Orientation) -> Pixels {
         Channels::Gray => image.into_luma8().into_raw(),
         Channels::Rgb => image.into_rgb8().into_raw(),
     };
-    Pixels { width, height, channels, data }
+    Pixels {
+        width,
+        height,
+        channels,
+        data,
+    }
 }

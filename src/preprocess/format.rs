@@ -66,7 +66,9 @@ pub fn sniff(bytes: &[u8]) -> Sniffed {
         Sniffed::Supported(Tiff)
     } else if brand_at_4(&[b"avif", b"avis"]) {
         Sniffed::Unsupported("avif")
-    } else if brand_at_4(&[b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"]) {
+    } else if brand_at_4(&[
+        b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1",
+    ]) {
         Sniffed::Unsupported("heic")
     } else if starts(b"%PDF") {
         Sniffed::Unsupported("pdf")
@@ -85,6 +87,37 @@ pub fn sniff(bytes: &[u8]) -> Sniffed {
     }
 }
 
+/// Width and height read straight from the header bytes, for formats whose header is at a
+/// fixed place (checked before any decoder allocates). `None` when unknown or too short.
+pub fn header_dimensions(bytes: &[u8], format: ImageFormat) -> Option<(u32, u32)> {
+    let be32 = |at: usize| Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    let le16 = |at: usize| {
+        Some(u32::from(u16::from_le_bytes(
+            bytes.get(at..at + 2)?.try_into().ok()?,
+        )))
+    };
+    let le24 = |at: usize| {
+        let b = bytes.get(at..at + 3)?;
+        Some(u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16)
+    };
+    let le32 = |at: usize| Some(i32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    match format {
+        ImageFormat::Png if bytes.get(12..16) == Some(b"IHDR") => Some((be32(16)?, be32(20)?)),
+        ImageFormat::Gif => Some((le16(6)?, le16(8)?)),
+        ImageFormat::Bmp => Some((le32(18)?.unsigned_abs(), le32(22)?.unsigned_abs())),
+        ImageFormat::Webp => match bytes.get(12..16)? {
+            b"VP8X" => Some((le24(24)? + 1, le24(27)? + 1)),
+            b"VP8L" => {
+                let bits = u32::from_le_bytes(bytes.get(21..25)?.try_into().ok()?);
+                Some(((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1))
+            }
+            b"VP8 " => Some((le16(26)? & 0x3FFF, le16(28)? & 0x3FFF)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn looks_like_svg(bytes: &[u8]) -> bool {
     let head = &bytes[..bytes.len().min(512)];
     let text = String::from_utf8_lossy(head).to_ascii_lowercase();
@@ -98,19 +131,56 @@ mod tests {
 
     #[test]
     fn recognises_supported_signatures() {
-        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Sniffed::Supported(ImageFormat::Jpeg));
-        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n...."), Sniffed::Supported(ImageFormat::Png));
+        assert_eq!(
+            sniff(&[0xFF, 0xD8, 0xFF, 0xE0]),
+            Sniffed::Supported(ImageFormat::Jpeg)
+        );
+        assert_eq!(
+            sniff(b"\x89PNG\r\n\x1a\n...."),
+            Sniffed::Supported(ImageFormat::Png)
+        );
         assert_eq!(sniff(b"GIF89a.."), Sniffed::Supported(ImageFormat::Gif));
-        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Sniffed::Supported(ImageFormat::Webp));
-        assert_eq!(sniff(b"II*\0\x08\0\0\0"), Sniffed::Supported(ImageFormat::Tiff));
+        assert_eq!(
+            sniff(b"RIFF\0\0\0\0WEBPVP8 "),
+            Sniffed::Supported(ImageFormat::Webp)
+        );
+        assert_eq!(
+            sniff(b"II*\0\x08\0\0\0"),
+            Sniffed::Supported(ImageFormat::Tiff)
+        );
     }
 
     #[test]
     fn names_formats_we_do_not_decode() {
-        assert_eq!(sniff(b"\0\0\0\x1cftypheic\0\0"), Sniffed::Unsupported("heic"));
-        assert_eq!(sniff(b"\0\0\0\x1cftypavif\0\0"), Sniffed::Unsupported("avif"));
+        assert_eq!(
+            sniff(b"\0\0\0\x1cftypheic\0\0"),
+            Sniffed::Unsupported("heic")
+        );
+        assert_eq!(
+            sniff(b"\0\0\0\x1cftypavif\0\0"),
+            Sniffed::Unsupported("avif")
+        );
         assert_eq!(sniff(b"%PDF-1.7"), Sniffed::Unsupported("pdf"));
-        assert_eq!(sniff(b"<?xml version=\"1.0\"?><svg xmlns="), Sniffed::Unsupported("svg"));
+        assert_eq!(
+            sniff(b"<?xml version=\"1.0\"?><svg xmlns="),
+            Sniffed::Unsupported("svg")
+        );
+    }
+
+    #[test]
+    fn reads_header_dimensions_without_decoding() {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        png.extend(50_000u32.to_be_bytes());
+        png.extend(40_000u32.to_be_bytes());
+        assert_eq!(
+            header_dimensions(&png, ImageFormat::Png),
+            Some((50_000, 40_000))
+        );
+        assert_eq!(
+            header_dimensions(b"GIF89a\x10\x00\x20\x00", ImageFormat::Gif),
+            Some((16, 32))
+        );
+        assert_eq!(header_dimensions(b"\x89PNG", ImageFormat::Png), None);
     }
 
     #[test]

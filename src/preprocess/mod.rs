@@ -93,7 +93,11 @@ impl ImageLimits {
             return Err(PreprocessError::EmptyImage { width, height });
         }
         if u64::from(width) * u64::from(height) > self.max_pixels {
-            return Err(PreprocessError::TooManyPixels { width, height, limit: self.max_pixels });
+            return Err(PreprocessError::TooManyPixels {
+                width,
+                height,
+                limit: self.max_pixels,
+            });
         }
         let ratio = f64::from(width.max(height)) / f64::from(width.min(height));
         if ratio > self.max_aspect_ratio {
@@ -156,7 +160,9 @@ pub enum PreprocessError {
         message: String,
     },
     /// Raw pixels whose length does not match their declared size.
-    #[error("raw pixel buffer has {actual} bytes, expected {expected} ({width}×{height}×{channels})")]
+    #[error(
+        "raw pixel buffer has {actual} bytes, expected {expected} ({width}×{height}×{channels})"
+    )]
     RawLength {
         /// Declared width.
         width: u32,
@@ -215,7 +221,12 @@ pub fn preprocess_raw(
         });
     }
     limits.check(width, height)?;
-    let pixels = Pixels { width, height, channels, data: data.to_vec() };
+    let pixels = Pixels {
+        width,
+        height,
+        channels,
+        data: data.to_vec(),
+    };
     let pixels = match (channels, spec.color) {
         (Channels::Rgb, Color::Gray) => Pixels {
             channels: Channels::Gray,
@@ -263,7 +274,11 @@ pub fn decode_pixels(
 }
 
 /// HWC u8 → CHW f32, `(v / scale − mean[c]) / std[c]`, in f32 like torchvision.
-fn normalize_into(hwc: &[u8], spec: &PreprocessSpec, out: &mut [f32]) -> Result<(), PreprocessError> {
+fn normalize_into(
+    hwc: &[u8],
+    spec: &PreprocessSpec,
+    out: &mut [f32],
+) -> Result<(), PreprocessError> {
     let channels = spec.channels();
     let plane = spec.crop[0] as usize * spec.crop[1] as usize;
     if out.len() != channels * plane || hwc.len() != channels * plane {
@@ -276,9 +291,16 @@ fn normalize_into(hwc: &[u8], spec: &PreprocessSpec, out: &mut [f32]) -> Result<
     for (channel, target) in out.chunks_exact_mut(plane).enumerate() {
         let (mean, std) = match (spec.mean.get(channel), spec.std.get(channel)) {
             (Some(&mean), Some(&std)) => (mean, std),
-            _ => return Err(PreprocessError::Internal(format!("no mean/std for channel {channel}"))),
+            _ => {
+                return Err(PreprocessError::Internal(format!(
+                    "no mean/std for channel {channel}"
+                )));
+            }
         };
-        for (value, pixel) in target.iter_mut().zip(hwc.iter().skip(channel).step_by(channels)) {
+        for (value, pixel) in target
+            .iter_mut()
+            .zip(hwc.iter().skip(channel).step_by(channels))
+        {
             *value = (f32::from(*pixel) / spec.scale - mean) / std;
         }
     }
@@ -303,7 +325,10 @@ mod tests {
     }
 
     fn limits() -> ImageLimits {
-        ImageLimits { max_pixels: 1 << 20, max_aspect_ratio: 32.0 }
+        ImageLimits {
+            max_pixels: 1 << 20,
+            max_aspect_ratio: 32.0,
+        }
     }
 
     #[test]
@@ -323,18 +348,40 @@ mod tests {
     #[test]
     fn raw_length_mismatch_names_both_sizes() {
         let mut out = vec![0.0; 16];
-        let error =
-            preprocess_raw(4, 4, Channels::Rgb, &[0; 10], &gray_spec(), &limits(), &mut out)
-                .unwrap_err();
-        assert!(error.to_string().contains("10 bytes, expected 48"), "{error}");
+        let error = preprocess_raw(
+            4,
+            4,
+            Channels::Rgb,
+            &[0; 10],
+            &gray_spec(),
+            &limits(),
+            &mut out,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("10 bytes, expected 48"),
+            "{error}"
+        );
     }
 
     #[test]
     fn header_limits_are_checked() {
-        let limits = ImageLimits { max_pixels: 100, max_aspect_ratio: 4.0 };
-        assert!(matches!(limits.check(20, 20), Err(PreprocessError::TooManyPixels { .. })));
-        assert!(matches!(limits.check(1, 5), Err(PreprocessError::AspectRatio { .. })));
-        assert!(matches!(limits.check(0, 5), Err(PreprocessError::EmptyImage { .. })));
+        let limits = ImageLimits {
+            max_pixels: 100,
+            max_aspect_ratio: 4.0,
+        };
+        assert!(matches!(
+            limits.check(20, 20),
+            Err(PreprocessError::TooManyPixels { .. })
+        ));
+        assert!(matches!(
+            limits.check(1, 5),
+            Err(PreprocessError::AspectRatio { .. })
+        ));
+        assert!(matches!(
+            limits.check(0, 5),
+            Err(PreprocessError::EmptyImage { .. })
+        ));
         assert!(limits.check(10, 10).is_ok());
     }
 
@@ -342,7 +389,10 @@ mod tests {
     fn empty_and_unknown_bytes_are_refused() {
         let mut out = vec![0.0; 16];
         let spec = gray_spec();
-        assert_eq!(preprocess_encoded(b"", &spec, &limits(), &mut out), Err(PreprocessError::NoData));
+        assert_eq!(
+            preprocess_encoded(b"", &spec, &limits(), &mut out),
+            Err(PreprocessError::NoData)
+        );
         assert_eq!(
             preprocess_encoded(b"plain text", &spec, &limits(), &mut out),
             Err(PreprocessError::UnknownFormat)

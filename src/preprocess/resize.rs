@@ -20,16 +20,27 @@ pub(crate) struct Geometry {
 /// torchvision's output size for `Resize(shorter)` and `CenterCrop` offsets (Python's round,
 /// half to even).
 pub(crate) fn geometry(width: u32, height: u32, shorter: u32, crop_hw: [u32; 2]) -> Geometry {
-    let (short, long) = if width <= height { (width, height) } else { (height, width) };
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
     // Python: int(requested * long / short), in f64 like CPython.
     let new_long = (f64::from(shorter) * f64::from(long) / f64::from(short)) as u32;
-    let resized = if width <= height { (shorter, new_long) } else { (new_long, shorter) };
+    let resized = if width <= height {
+        (shorter, new_long)
+    } else {
+        (new_long, shorter)
+    };
     let offset = |size: u32, crop: u32| -> i64 {
         let half = (f64::from(size) - f64::from(crop)) / 2.0;
         half.round_ties_even() as i64
     };
     let [crop_h, crop_w] = crop_hw;
-    Geometry { resized, offset: (offset(resized.0, crop_w), offset(resized.1, crop_h)) }
+    Geometry {
+        resized,
+        offset: (offset(resized.0, crop_w), offset(resized.1, crop_h)),
+    }
 }
 
 /// Resizes and crops `pixels` to `crop_hw`, returning `crop_h × crop_w × channels` bytes.
@@ -116,7 +127,12 @@ mod tests {
 
     #[test]
     fn crop_larger_than_image_is_zero_padded() {
-        let pixels = Pixels { width: 2, height: 2, channels: Channels::Gray, data: vec![200; 4] };
+        let pixels = Pixels {
+            width: 2,
+            height: 2,
+            channels: Channels::Gray,
+            data: vec![200; 4],
+        };
         let out = resize_crop(&pixels, 2, [4, 4], Interpolation::Bilinear).unwrap();
         #[rustfmt::skip]
         let expected = vec![
@@ -131,13 +147,26 @@ mod tests {
     #[test]
     fn identity_size_returns_the_same_pixels() {
         let data: Vec<u8> = (0..=255).collect();
-        let pixels = Pixels { width: 16, height: 16, channels: Channels::Gray, data: data.clone() };
-        assert_eq!(resize_crop(&pixels, 16, [16, 16], Interpolation::Bilinear).unwrap(), data);
+        let pixels = Pixels {
+            width: 16,
+            height: 16,
+            channels: Channels::Gray,
+            data: data.clone(),
+        };
+        assert_eq!(
+            resize_crop(&pixels, 16, [16, 16], Interpolation::Bilinear).unwrap(),
+            data
+        );
     }
 
     #[test]
     fn extreme_aspect_ratio_allocates_only_the_window() {
-        let pixels = Pixels { width: 1, height: 20_000, channels: Channels::Gray, data: vec![9; 20_000] };
+        let pixels = Pixels {
+            width: 1,
+            height: 20_000,
+            channels: Channels::Gray,
+            data: vec![9; 20_000],
+        };
         let out = resize_crop(&pixels, 4, [4, 4], Interpolation::Bilinear).unwrap();
         assert_eq!(out.len(), 16);
     }

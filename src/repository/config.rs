@@ -286,7 +286,10 @@ device = "cpu"
         let all = ModelConfig::from_toml("version_policy = \"all\"").unwrap();
         assert_eq!(all.version_policy, Some(VersionPolicy::All));
         let specific = ModelConfig::from_toml("version_policy = { specific = [1, 3] }").unwrap();
-        assert_eq!(specific.version_policy, Some(VersionPolicy::Specific(vec![1, 3])));
+        assert_eq!(
+            specific.version_policy,
+            Some(VersionPolicy::Specific(vec![1, 3]))
+        );
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub struct GoldenCase {
 impl Golden {
     /// Reads `golden.json`.
     pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
         serde_json::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))
     }
 
@@ -45,7 +46,11 @@ impl Golden {
             .iter()
             .zip(expected)
             .enumerate()
-            .find(|(_, (a, e))| !((*a - *e).abs() <= self.atol + self.rtol * e.abs()))
+            .find(|(_, (a, e))| {
+                // NaN compares false, so it never counts as within tolerance.
+                let within = (*a - *e).abs() <= self.atol + self.rtol * e.abs();
+                !within
+            })
             .map(|(index, (a, e))| (index, *a, *e))
     }
 }
@@ -56,9 +61,16 @@ mod tests {
 
     #[test]
     fn tolerance_is_absolute_plus_relative() {
-        let golden = Golden { atol: 1e-4, rtol: 1e-3, cases: vec![] };
+        let golden = Golden {
+            atol: 1e-4,
+            rtol: 1e-3,
+            cases: vec![],
+        };
         assert_eq!(golden.mismatch(&[1.0005, 0.0], &[1.0, 0.0]), None);
-        assert_eq!(golden.mismatch(&[1.0, 0.01], &[1.0, 0.0]), Some((1, 0.01, 0.0)));
+        assert_eq!(
+            golden.mismatch(&[1.0, 0.01], &[1.0, 0.0]),
+            Some((1, 0.01, 0.0))
+        );
         assert!(golden.mismatch(&[f32::NAN], &[0.0]).is_some());
         assert!(golden.mismatch(&[1.0], &[1.0, 2.0]).is_some());
     }

@@ -45,8 +45,13 @@ impl ModelDir {
         let named = config.output.labels.as_deref();
         let path = self.path.join(named.unwrap_or("labels.txt"));
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(text.lines().map(|line| line.trim_end().to_string()).collect()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound && named.is_none() => Ok(Vec::new()),
+            Ok(text) => Ok(text
+                .lines()
+                .map(|line| line.trim_end().to_string())
+                .collect()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && named.is_none() => {
+                Ok(Vec::new())
+            }
             Err(error) => Err(format!("{}: {error}", path.display())),
         }
     }
@@ -59,9 +64,11 @@ pub fn select_versions(policy: &VersionPolicy, available: &[u64]) -> Vec<u64> {
         VersionPolicy::Latest(count) => {
             available.iter().rev().take(*count).rev().copied().collect()
         }
-        VersionPolicy::Specific(wanted) => {
-            available.iter().filter(|version| wanted.contains(version)).copied().collect()
-        }
+        VersionPolicy::Specific(wanted) => available
+            .iter()
+            .filter(|version| wanted.contains(version))
+            .copied()
+            .collect(),
     }
 }
 
@@ -78,13 +85,20 @@ pub struct ScanError {
 /// Lists the model directories under `root`, sorted by name. Problems with one model (bad
 /// config) are recorded in its entry; only an unreadable root is an error.
 pub fn scan(root: &Path) -> Result<Vec<ModelDir>, ScanError> {
-    let error = |message: String| ScanError { path: root.display().to_string(), message };
+    let error = |message: String| ScanError {
+        path: root.display().to_string(),
+        message,
+    };
     let entries = std::fs::read_dir(root).map_err(|io| error(io.to_string()))?;
     let mut models = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|io| error(io.to_string()))?;
         let path = entry.path();
-        let Some(name) = path.file_name().and_then(|name| name.to_str()).map(str::to_string) else {
+        let Some(name) = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .map(str::to_string)
+        else {
             continue;
         };
         if !path.is_dir() || name.starts_with('.') {
@@ -103,7 +117,12 @@ pub fn scan(root: &Path) -> Result<Vec<ModelDir>, ScanError> {
             .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
             .collect();
         versions.sort_unstable();
-        models.push(ModelDir { name, path, config, versions });
+        models.push(ModelDir {
+            name,
+            path,
+            config,
+            versions,
+        });
     }
     models.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(models)
@@ -121,15 +140,24 @@ pub fn default_model(models: &[ModelDir], requested: Option<&str>) -> Result<Str
     }
     let marked: Vec<&str> = models
         .iter()
-        .filter(|model| model.config.as_ref().is_ok_and(|config| config.default == Some(true)))
+        .filter(|model| {
+            model
+                .config
+                .as_ref()
+                .is_ok_and(|config| config.default == Some(true))
+        })
         .map(|model| model.name.as_str())
         .collect();
     match (marked.as_slice(), models) {
         ([one], _) => Ok(one.to_string()),
         ([], [only]) => Ok(only.name.clone()),
         ([], []) => Err("the model repository holds no models".into()),
-        ([], _) => Err("several models and none marked `default = true`; pass --default-model".into()),
-        (many, _) => Err(format!("several models marked `default = true`: {many:?}; pass --default-model")),
+        ([], _) => {
+            Err("several models and none marked `default = true`; pass --default-model".into())
+        }
+        (many, _) => Err(format!(
+            "several models marked `default = true`: {many:?}; pass --default-model"
+        )),
     }
 }
 
@@ -140,10 +168,22 @@ mod tests {
     #[test]
     fn version_policies_select_versions() {
         let available = [1, 2, 5];
-        assert_eq!(select_versions(&VersionPolicy::Latest(1), &available), vec![5]);
-        assert_eq!(select_versions(&VersionPolicy::Latest(2), &available), vec![2, 5]);
-        assert_eq!(select_versions(&VersionPolicy::All, &available), vec![1, 2, 5]);
-        assert_eq!(select_versions(&VersionPolicy::Specific(vec![1, 3]), &available), vec![1]);
+        assert_eq!(
+            select_versions(&VersionPolicy::Latest(1), &available),
+            vec![5]
+        );
+        assert_eq!(
+            select_versions(&VersionPolicy::Latest(2), &available),
+            vec![2, 5]
+        );
+        assert_eq!(
+            select_versions(&VersionPolicy::All, &available),
+            vec![1, 2, 5]
+        );
+        assert_eq!(
+            select_versions(&VersionPolicy::Specific(vec![1, 3]), &available),
+            vec![1]
+        );
     }
 
     #[test]

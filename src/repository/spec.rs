@@ -98,10 +98,15 @@ fn pick<'a>(
     tensors: &'a [TensorSignature],
 ) -> Result<&'a TensorSignature, SpecError> {
     match named {
-        Some(name) => tensors.iter().find(|tensor| tensor.name == name).ok_or_else(|| {
-            let names: Vec<_> = tensors.iter().map(|tensor| tensor.name.as_str()).collect();
-            SpecError(format!("config names {kind} `{name}`, but the model has {names:?}"))
-        }),
+        Some(name) => tensors
+            .iter()
+            .find(|tensor| tensor.name == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = tensors.iter().map(|tensor| tensor.name.as_str()).collect();
+                SpecError(format!(
+                    "config names {kind} `{name}`, but the model has {names:?}"
+                ))
+            }),
         None => match tensors {
             [only] => Ok(only),
             _ => Err(SpecError(format!(
@@ -171,12 +176,10 @@ pub fn resolve(
     };
     let crop_hw = [height as u32, width as u32];
     let preprocess_config = &config.preprocess;
-    if let Some(crop) = preprocess_config.crop {
-        if crop != crop_hw {
-            return Err(SpecError(format!(
-                "preprocess crop {crop:?} differs from the input's H, W {crop_hw:?}"
-            )));
-        }
+    if let Some(crop) = preprocess_config.crop.filter(|crop| *crop != crop_hw) {
+        return Err(SpecError(format!(
+            "preprocess crop {crop:?} differs from the input's H, W {crop_hw:?}"
+        )));
     }
     let (default_mean, default_std) = match color {
         Color::Gray => (vec![0.5], vec![0.5]),
@@ -192,18 +195,26 @@ pub fn resolve(
         )));
     }
     if std.iter().any(|&value| value == 0.0 || !value.is_finite()) {
-        return Err(SpecError("preprocess std values must be finite and non-zero".into()));
+        return Err(SpecError(
+            "preprocess std values must be finite and non-zero".into(),
+        ));
     }
     let scale = preprocess_config.scale.unwrap_or(255.0);
-    let resize_shorter = preprocess_config.resize_shorter.unwrap_or(crop_hw[0].min(crop_hw[1]));
+    let resize_shorter = preprocess_config
+        .resize_shorter
+        .unwrap_or(crop_hw[0].min(crop_hw[1]));
     if resize_shorter == 0 || scale == 0.0 {
-        return Err(SpecError("resize_shorter and scale must be positive".into()));
+        return Err(SpecError(
+            "resize_shorter and scale must be positive".into(),
+        ));
     }
     let preprocess = PreprocessSpec {
         color,
         resize_shorter,
         crop: crop_hw,
-        interpolation: preprocess_config.interpolation.unwrap_or(Interpolation::Bilinear),
+        interpolation: preprocess_config
+            .interpolation
+            .unwrap_or(Interpolation::Bilinear),
         scale,
         mean,
         std,
@@ -242,7 +253,11 @@ pub fn resolve(
         preprocess,
         batching,
         instances,
-        device: config.instances.device.clone().unwrap_or_else(|| defaults.device.clone()),
+        device: config
+            .instances
+            .device
+            .clone()
+            .unwrap_or_else(|| defaults.device.clone()),
     })
 }
 
@@ -261,7 +276,10 @@ fn resolve_batching(
         return Err(SpecError("max_batch_size must be at least 1".into()));
     }
     let preferred = batching.preferred_batch_sizes.clone().unwrap_or_default();
-    if let Some(size) = preferred.iter().find(|&&size| size == 0 || size > max_batch_size) {
+    if let Some(size) = preferred
+        .iter()
+        .find(|&&size| size == 0 || size > max_batch_size)
+    {
         return Err(SpecError(format!(
             "preferred batch size {size} is outside 1..={max_batch_size}"
         )));
@@ -282,12 +300,16 @@ fn resolve_batching(
     Ok(BatchingSpec {
         max_batch_size,
         max_queue_delay: Duration::from_micros(
-            batching.max_queue_delay_us.unwrap_or(defaults.max_queue_delay_us),
+            batching
+                .max_queue_delay_us
+                .unwrap_or(defaults.max_queue_delay_us),
         ),
         preferred_batch_sizes: preferred,
         max_queue_size,
         default_timeout: Duration::from_millis(
-            batching.default_timeout_ms.unwrap_or(defaults.request_timeout_ms),
+            batching
+                .default_timeout_ms
+                .unwrap_or(defaults.request_timeout_ms),
         ),
         priority_levels,
         default_priority,
@@ -300,8 +322,16 @@ mod tests {
 
     fn signature(input: &[i64], output: &[i64]) -> ModelSignature {
         ModelSignature {
-            inputs: vec![TensorSignature { name: "input".into(), is_f32: true, shape: input.to_vec() }],
-            outputs: vec![TensorSignature { name: "logits".into(), is_f32: true, shape: output.to_vec() }],
+            inputs: vec![TensorSignature {
+                name: "input".into(),
+                is_f32: true,
+                shape: input.to_vec(),
+            }],
+            outputs: vec![TensorSignature {
+                name: "logits".into(),
+                is_f32: true,
+                shape: output.to_vec(),
+            }],
         }
     }
 
@@ -321,8 +351,13 @@ mod tests {
 
     #[test]
     fn a_bare_model_is_inferred_from_its_graph() {
-        let spec = resolve(&ModelConfig::default(), &signature(&[-1, 1, 28, 28], &[-1, 10]), vec![], &defaults())
-            .unwrap();
+        let spec = resolve(
+            &ModelConfig::default(),
+            &signature(&[-1, 1, 28, 28], &[-1, 10]),
+            vec![],
+            &defaults(),
+        )
+        .unwrap();
         assert_eq!(spec.dims, [1, 28, 28]);
         assert_eq!(spec.preprocess.color, Color::Gray);
         assert_eq!(spec.preprocess.crop, [28, 28]);
@@ -338,7 +373,13 @@ mod tests {
             "[batching]\nmax_batch_size = 8\nmax_queue_size = 16\ndefault_timeout_ms = 50",
         )
         .unwrap();
-        let spec = resolve(&config, &signature(&[-1, 3, 224, 224], &[-1, 5]), labels(5), &defaults()).unwrap();
+        let spec = resolve(
+            &config,
+            &signature(&[-1, 3, 224, 224], &[-1, 5]),
+            labels(5),
+            &defaults(),
+        )
+        .unwrap();
         assert_eq!(spec.batching.max_batch_size, 8);
         assert_eq!(spec.batching.max_queue_size, 16);
         assert_eq!(spec.batching.default_timeout, Duration::from_millis(50));
@@ -349,19 +390,35 @@ mod tests {
     fn mismatches_are_refused_with_a_reason() {
         let graph = signature(&[-1, 1, 28, 28], &[-1, 10]);
         let wrong_dims = ModelConfig::from_toml("[input]\ndims = [1, 32, 32]").unwrap();
-        assert!(resolve(&wrong_dims, &graph, vec![], &defaults()).unwrap_err().0.contains("disagree"));
+        assert!(
+            resolve(&wrong_dims, &graph, vec![], &defaults())
+                .unwrap_err()
+                .0
+                .contains("disagree")
+        );
         let wrong_color = ModelConfig::from_toml("[input]\ncolor = \"rgb\"").unwrap();
         assert!(resolve(&wrong_color, &graph, vec![], &defaults()).is_err());
-        let wrong_labels = resolve(&ModelConfig::default(), &graph, labels(3), &defaults()).unwrap_err();
+        let wrong_labels =
+            resolve(&ModelConfig::default(), &graph, labels(3), &defaults()).unwrap_err();
         assert!(wrong_labels.0.contains("3 lines"), "{wrong_labels}");
         let wrong_name = ModelConfig::from_toml("[output]\nname = \"prob\"").unwrap();
-        assert!(resolve(&wrong_name, &graph, vec![], &defaults()).unwrap_err().0.contains("prob"));
+        assert!(
+            resolve(&wrong_name, &graph, vec![], &defaults())
+                .unwrap_err()
+                .0
+                .contains("prob")
+        );
     }
 
     #[test]
     fn a_fixed_batch_dimension_caps_the_batch() {
-        let spec =
-            resolve(&ModelConfig::default(), &signature(&[1, 1, 28, 28], &[1, 10]), vec![], &defaults()).unwrap();
+        let spec = resolve(
+            &ModelConfig::default(),
+            &signature(&[1, 1, 28, 28], &[1, 10]),
+            vec![],
+            &defaults(),
+        )
+        .unwrap();
         assert_eq!(spec.batching.max_batch_size, 1);
     }
 
@@ -370,6 +427,9 @@ mod tests {
         let graph = signature(&[-1, 3, -1, -1], &[-1, 10]);
         assert!(resolve(&ModelConfig::default(), &graph, vec![], &defaults()).is_err());
         let config = ModelConfig::from_toml("[input]\ndims = [3, 64, 64]").unwrap();
-        assert_eq!(resolve(&config, &graph, vec![], &defaults()).unwrap().dims, [3, 64, 64]);
+        assert_eq!(
+            resolve(&config, &graph, vec![], &defaults()).unwrap().dims,
+            [3, 64, 64]
+        );
     }
 }

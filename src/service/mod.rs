@@ -83,7 +83,12 @@ pub struct Classifier {
 impl Classifier {
     /// A classifier over a loaded registry.
     pub fn new(registry: Arc<Registry>, pool: PreprocessPool, strict_readiness: bool) -> Self {
-        Self { registry, pool, strict_readiness, draining: AtomicBool::new(false) }
+        Self {
+            registry,
+            pool,
+            strict_readiness,
+            draining: AtomicBool::new(false),
+        }
     }
 
     /// Ready to serve: not draining, and every model (strict) or one model loaded.
@@ -107,7 +112,11 @@ impl Classifier {
     }
 
     /// Finds the model a request would use (for metric labels and validation).
-    pub fn resolve(&self, model: Option<&str>, version: Option<&str>) -> Result<Arc<LoadedModel>, ServiceError> {
+    pub fn resolve(
+        &self,
+        model: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Arc<LoadedModel>, ServiceError> {
         self.registry.resolve(model, version)
     }
 
@@ -129,7 +138,13 @@ impl Classifier {
         let (deadline, timeout_ms) = deadline(started, request.timeout, &model);
         let input = self
             .pool
-            .run(request.images, &model.preprocess, deadline, request.numbered, timeout_ms)
+            .run(
+                request.images,
+                &model.preprocess,
+                deadline,
+                request.numbered,
+                timeout_ms,
+            )
             .await?;
         let decoded = Instant::now();
         let inferred = model.infer(input, level, deadline, timeout_ms).await?;
@@ -163,7 +178,11 @@ pub fn priority_level(priority: Option<u64>, model: &LoadedModel) -> Result<usiz
 }
 
 /// The request's deadline: its own timeout capped by the model's default, from `started`.
-pub fn deadline(started: Instant, requested: Option<Duration>, model: &LoadedModel) -> (Instant, u64) {
+pub fn deadline(
+    started: Instant,
+    requested: Option<Duration>,
+    model: &LoadedModel,
+) -> (Instant, u64) {
     let cap = model.spec.batching.default_timeout;
     let timeout = requested.map_or(cap, |requested| requested.min(cap));
     (started + timeout, timeout.as_millis() as u64)
@@ -172,15 +191,25 @@ pub fn deadline(started: Instant, requested: Option<Duration>, model: &LoadedMod
 /// Softmax over `logits`, then the `k` most probable classes, ties by lower index.
 pub fn top_predictions(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exponentials: Vec<f64> = logits.iter().map(|&logit| f64::from(logit - max).exp()).collect();
+    let exponentials: Vec<f64> = logits
+        .iter()
+        .map(|&logit| f64::from(logit - max).exp())
+        .collect();
     let sum: f64 = exponentials.iter().sum();
-    let mut ranked: Vec<(usize, f64)> = exponentials.into_iter().map(|value| value / sum).enumerate().collect();
+    let mut ranked: Vec<(usize, f64)> = exponentials
+        .into_iter()
+        .map(|value| value / sum)
+        .enumerate()
+        .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked
         .into_iter()
         .take(k)
         .map(|(index, score)| Prediction {
-            label: labels.get(index).cloned().unwrap_or_else(|| index.to_string()),
+            label: labels
+                .get(index)
+                .cloned()
+                .unwrap_or_else(|| index.to_string()),
             index,
             score: score as f32,
         })
@@ -195,9 +224,15 @@ mod tests {
     fn softmax_top_k_sorted_with_labels() {
         let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let predictions = top_predictions(&[1.0, 3.0, 2.0], 2, &labels);
-        assert_eq!(predictions.iter().map(|p| p.index).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            predictions.iter().map(|p| p.index).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(predictions[0].label, "b");
-        let total: f32 = top_predictions(&[1.0, 3.0, 2.0], 3, &labels).iter().map(|p| p.score).sum();
+        let total: f32 = top_predictions(&[1.0, 3.0, 2.0], 3, &labels)
+            .iter()
+            .map(|p| p.score)
+            .sum();
         assert!((total - 1.0).abs() < 1e-6);
         assert!((predictions[0].score - 0.665_240_9).abs() < 1e-6);
     }

@@ -42,7 +42,11 @@ pub struct PreprocessPool {
 impl PreprocessPool {
     /// A pool running `threads` images at once.
     pub fn new(threads: usize, limits: ImageLimits, metrics: Arc<Metrics>) -> Self {
-        Self { permits: Arc::new(Semaphore::new(threads.max(1))), limits, metrics }
+        Self {
+            permits: Arc::new(Semaphore::new(threads.max(1))),
+            limits,
+            metrics,
+        }
     }
 
     /// Preprocesses every image into one `images × tensor_len` buffer, in order.
@@ -57,10 +61,11 @@ impl PreprocessPool {
         let slot = spec.tensor_len();
         let mut tasks = Vec::with_capacity(images.len());
         for (index, image) in images.into_iter().enumerate() {
-            let permit = tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned())
-                .await
-                .map_err(|_| ServiceError::DeadlineExceeded { timeout_ms })?
-                .map_err(|_| ServiceError::ShuttingDown)?;
+            let permit =
+                tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned())
+                    .await
+                    .map_err(|_| ServiceError::DeadlineExceeded { timeout_ms })?
+                    .map_err(|_| ServiceError::ShuttingDown)?;
             let spec = spec.clone();
             let limits = self.limits;
             let metrics = self.metrics.clone();
@@ -71,12 +76,21 @@ impl PreprocessPool {
                 let started = Instant::now();
                 let mut out = vec![0.0f32; slot];
                 let result = match &image {
-                    ImageInput::Encoded(bytes) => preprocess::preprocess_encoded(bytes, &spec, &limits, &mut out),
-                    ImageInput::Raw { width, height, channels, pixels } => {
-                        preprocess::preprocess_raw(*width, *height, *channels, pixels, &spec, &limits, &mut out)
+                    ImageInput::Encoded(bytes) => {
+                        preprocess::preprocess_encoded(bytes, &spec, &limits, &mut out)
                     }
+                    ImageInput::Raw {
+                        width,
+                        height,
+                        channels,
+                        pixels,
+                    } => preprocess::preprocess_raw(
+                        *width, *height, *channels, pixels, &spec, &limits, &mut out,
+                    ),
                 };
-                metrics.decode_seconds.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .decode_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 result.map(|()| out).map_err(|source| ServiceError::Image {
                     index: number_images.then_some(index),
                     source,
@@ -85,9 +99,9 @@ impl PreprocessPool {
         }
         let mut input = Vec::with_capacity(tasks.len() * slot);
         for task in tasks {
-            let tensor = task
-                .await
-                .map_err(|error| ServiceError::Internal(format!("preprocessing task failed: {error}")))??;
+            let tensor = task.await.map_err(|error| {
+                ServiceError::Internal(format!("preprocessing task failed: {error}"))
+            })??;
             input.extend_from_slice(&tensor);
         }
         Ok(input)
@@ -107,7 +121,10 @@ pub struct Inferred {
 
 /// Submits `input` (`images × tensor_len`) in jobs of at most `max_batch_size` images and
 /// gathers the logits in order.
-#[allow(clippy::too_many_arguments, reason = "one call site per transport; a struct adds nothing")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per transport; a struct adds nothing"
+)]
 pub async fn infer(
     batcher: &BatcherHandle,
     model: &str,
@@ -131,10 +148,16 @@ pub async fn infer(
         let (respond, receiver) = oneshot::channel();
         let count = chunk.len() / tensor_len.max(1);
         let job = Job::new(chunk, count, level, deadline, respond);
-        batcher.submit(job).map_err(|error| batch_error(error, model, timeout_ms))?;
+        batcher
+            .submit(job)
+            .map_err(|error| batch_error(error, model, timeout_ms))?;
         receivers.push(receiver);
     }
-    let mut result = Inferred { logits: Vec::new(), queue: Duration::ZERO, infer: Duration::ZERO };
+    let mut result = Inferred {
+        logits: Vec::new(),
+        queue: Duration::ZERO,
+        infer: Duration::ZERO,
+    };
     for receiver in receivers {
         let output = receiver
             .await
@@ -152,7 +175,10 @@ pub async fn infer(
 
 fn batch_error(error: BatchError, model: &str, timeout_ms: u64) -> ServiceError {
     match error {
-        BatchError::QueueFull { capacity } => ServiceError::QueueFull { model: model.to_string(), capacity },
+        BatchError::QueueFull { capacity } => ServiceError::QueueFull {
+            model: model.to_string(),
+            capacity,
+        },
         BatchError::ShuttingDown => ServiceError::ShuttingDown,
         BatchError::DeadlineExceeded { .. } => ServiceError::DeadlineExceeded { timeout_ms },
         BatchError::Backend(message) => ServiceError::Internal(message),

@@ -117,12 +117,19 @@ impl Registry {
 
     /// A snapshot of every model's versions.
     pub fn snapshot(&self) -> BTreeMap<String, BTreeMap<u64, VersionEntry>> {
-        self.models.read().map(|models| models.clone()).unwrap_or_default()
+        self.models
+            .read()
+            .map(|models| models.clone())
+            .unwrap_or_default()
     }
 
     /// Finds a ready model version: the default model when `model` is `None`, the highest
     /// ready version when `version` is `None`.
-    pub fn resolve(&self, model: Option<&str>, version: Option<&str>) -> Result<Arc<LoadedModel>, ServiceError> {
+    pub fn resolve(
+        &self,
+        model: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Arc<LoadedModel>, ServiceError> {
         let name = model.unwrap_or(&self.default_model);
         let models = self
             .models
@@ -134,10 +141,19 @@ impl Registry {
                 available: models.keys().cloned().collect::<Vec<_>>().join(", "),
             });
         };
-        let available = || versions.keys().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        let available = || {
+            versions
+                .keys()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let entry = match version {
             Some(text) => {
-                let entry = text.parse::<u64>().ok().and_then(|number| versions.get(&number));
+                let entry = text
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|number| versions.get(&number));
                 let Some(entry) = entry else {
                     return Err(ServiceError::VersionNotFound {
                         model: name.to_string(),
@@ -147,7 +163,11 @@ impl Registry {
                 };
                 entry
             }
-            None => match versions.values().rev().find(|entry| entry.state == VersionState::Ready) {
+            None => match versions
+                .values()
+                .rev()
+                .find(|entry| entry.state == VersionState::Ready)
+            {
                 Some(entry) => entry,
                 None => {
                     let reason = versions
@@ -170,7 +190,10 @@ impl Registry {
             (VersionState::Ready, Some(loaded)) => Ok(loaded.clone()),
             (state, loaded) => Err(ServiceError::ModelNotReady {
                 model: name.to_string(),
-                version: loaded.as_ref().map(|l| l.version.to_string()).unwrap_or_else(|| version.unwrap_or("latest").to_string()),
+                version: loaded
+                    .as_ref()
+                    .map(|l| l.version.to_string())
+                    .unwrap_or_else(|| version.unwrap_or("latest").to_string()),
                 reason: match state {
                     VersionState::Unavailable(reason) => reason.clone(),
                     other => other.name().to_lowercase(),
@@ -184,7 +207,9 @@ impl Registry {
         let Ok(models) = self.models.read() else {
             return false;
         };
-        let mut states = models.values().flat_map(|versions| versions.values().map(|entry| &entry.state));
+        let mut states = models
+            .values()
+            .flat_map(|versions| versions.values().map(|entry| &entry.state));
         if strict {
             !models.is_empty() && states.all(|state| *state == VersionState::Ready)
         } else {
@@ -196,10 +221,14 @@ impl Registry {
     pub fn first_failure(&self) -> Option<String> {
         let models = self.models.read().ok()?;
         models.iter().find_map(|(name, versions)| {
-            versions.iter().find_map(|(version, entry)| match &entry.state {
-                VersionState::Unavailable(reason) => Some(format!("model `{name}` version {version}: {reason}")),
-                _ => None,
-            })
+            versions
+                .iter()
+                .find_map(|(version, entry)| match &entry.state {
+                    VersionState::Unavailable(reason) => {
+                        Some(format!("model `{name}` version {version}: {reason}"))
+                    }
+                    _ => None,
+                })
         })
     }
 
@@ -234,7 +263,13 @@ pub async fn load(
                 Ok(_) => "no numbered version directory with model.onnx".into(),
             };
             tracing::error!(model = %dir.name, %reason, "model unavailable");
-            versions.insert(0, VersionEntry { state: VersionState::Unavailable(reason), loaded: None });
+            versions.insert(
+                0,
+                VersionEntry {
+                    state: VersionState::Unavailable(reason),
+                    loaded: None,
+                },
+            );
         }
         for version in served {
             let started = Instant::now();
@@ -245,20 +280,38 @@ pub async fn load(
                         model = %dir.name, version, device = %loaded.device,
                         seconds = started.elapsed().as_secs_f64(), "model ready"
                     );
-                    metrics.model_ready.with_label_values(&[dir.name.as_str(), &version.to_string()]).set(1);
-                    VersionEntry { state: VersionState::Ready, loaded: Some(Arc::new(loaded)) }
+                    metrics
+                        .model_ready
+                        .with_label_values(&[dir.name.as_str(), &version.to_string()])
+                        .set(1);
+                    VersionEntry {
+                        state: VersionState::Ready,
+                        loaded: Some(Arc::new(loaded)),
+                    }
                 }
                 Err(reason) => {
                     tracing::error!(model = %dir.name, version, %reason, "model failed to load");
-                    metrics.model_ready.with_label_values(&[dir.name.as_str(), &version.to_string()]).set(0);
-                    VersionEntry { state: VersionState::Unavailable(reason), loaded: None }
+                    metrics
+                        .model_ready
+                        .with_label_values(&[dir.name.as_str(), &version.to_string()])
+                        .set(0);
+                    VersionEntry {
+                        state: VersionState::Unavailable(reason),
+                        loaded: None,
+                    }
                 }
             };
             versions.insert(version, entry);
         }
         models.insert(dir.name.clone(), versions);
     }
-    Ok((Registry { default_model, models: RwLock::new(models) }, batchers))
+    Ok((
+        Registry {
+            default_model,
+            models: RwLock::new(models),
+        },
+        batchers,
+    ))
 }
 
 async fn load_version(
@@ -274,14 +327,20 @@ async fn load_version(
     if !path.is_file() {
         return Err(format!("{} does not exist", path.display()));
     }
-    let device_text = config.instances.device.clone().unwrap_or_else(|| options.defaults.device.clone());
+    let device_text = config
+        .instances
+        .device
+        .clone()
+        .unwrap_or_else(|| options.defaults.device.clone());
     let device: Device = device_text.parse()?;
     let instances = config.instances.count.unwrap_or(1).max(1);
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     let session_options = SessionOptions {
         device,
         allow_cpu_fallback: options.allow_cpu_fallback,
-        intra_op_threads: options.intra_op_threads.unwrap_or((cores / instances).max(1)),
+        intra_op_threads: options
+            .intra_op_threads
+            .unwrap_or((cores / instances).max(1)),
     };
     // Building sessions is slow, blocking work: keep it off the async workers.
     let opened = tokio::task::spawn_blocking(move || {
@@ -365,7 +424,12 @@ async fn warm_up(model: &LoadedModel) -> Result<(), String> {
     for size in sizes {
         let deadline = Instant::now() + Duration::from_secs(600);
         model
-            .infer(vec![0.0; size * tensor_len], batching.priority_levels as usize - 1, deadline, 600_000)
+            .infer(
+                vec![0.0; size * tensor_len],
+                batching.priority_levels as usize - 1,
+                deadline,
+                600_000,
+            )
             .await
             .map_err(|error| format!("warm-up with batch size {size} failed: {error}"))?;
     }
@@ -374,7 +438,11 @@ async fn warm_up(model: &LoadedModel) -> Result<(), String> {
 
 /// Sends each golden image through decode, preprocess, batching and inference and compares
 /// the logits with the trainer's.
-async fn check_golden(dir: &ModelDir, model: &LoadedModel, pool: &PreprocessPool) -> Result<(), String> {
+async fn check_golden(
+    dir: &ModelDir,
+    model: &LoadedModel,
+    pool: &PreprocessPool,
+) -> Result<(), String> {
     let path = dir.path.join("golden.json");
     if !path.exists() {
         tracing::warn!(model = %model.name, "no golden.json: train/serve skew is not checked");
@@ -384,7 +452,8 @@ async fn check_golden(dir: &ModelDir, model: &LoadedModel, pool: &PreprocessPool
     let mut images = Vec::with_capacity(golden.cases.len());
     for case in &golden.cases {
         let file = dir.path.join(&case.file);
-        let bytes = std::fs::read(&file).map_err(|error| format!("golden image {}: {error}", file.display()))?;
+        let bytes = std::fs::read(&file)
+            .map_err(|error| format!("golden image {}: {error}", file.display()))?;
         images.push(ImageInput::Encoded(Bytes::from(bytes)));
     }
     if images.is_empty() {
@@ -400,7 +469,11 @@ async fn check_golden(dir: &ModelDir, model: &LoadedModel, pool: &PreprocessPool
         .await
         .map_err(|error| format!("golden check: {error}"))?;
     let classes = model.spec.classes;
-    for (case, logits) in golden.cases.iter().zip(inferred.logits.chunks_exact(classes)) {
+    for (case, logits) in golden
+        .cases
+        .iter()
+        .zip(inferred.logits.chunks_exact(classes))
+    {
         if let Some((index, actual, expected)) = golden.mismatch(logits, &case.logits) {
             return Err(format!(
                 "golden check failed for {}: logit {index} is {actual}, expected {expected} \

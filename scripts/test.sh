@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, lints, the CUDA build check, and the test suite
+# (unit, integration against real servers, trainer, Python conformance tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --tests
+
+cargo fmt --check
+cargo clippy --all-targets --features train -- -D warnings
+cargo clippy --all-targets --no-default-features -- -D warnings
+# The CUDA provider must keep compiling; its library is not needed to check it.
+RESNET_SERVE_SKIP_ORT_FETCH=1 cargo check --features cuda
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --features train --no-fail-fast
+else
+  cargo test --features train --no-fail-fast
+fi

@@ -1,0 +1,129 @@
+//! The dynamic batcher through the real server: concurrent requests share batches, a full
+//! queue answers 429 with Retry-After, an expired deadline answers 504, and nothing else.
+
+mod support;
+
+use support::{Repository, TestServer, histogram, image, slow_model_dir, start};
+
+async fn burst(
+    server: &TestServer,
+    count: usize,
+    headers: &[(&str, &str)],
+) -> Vec<(u16, Option<String>)> {
+    let png = image("fashion-0-label9.png");
+    let requests = (0..count).map(|_| {
+        let mut request = server
+            .client
+            .post(server.url("/classify"))
+            .header("content-type", "image/png")
+            .body(png.clone());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|value| value.to_str().unwrap().to_string());
+            (response.status().as_u16(), retry_after)
+        }
+    });
+    futures::future::join_all(requests).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_batched() {
+    let config = "[batching]\nmax_batch_size = 8\n";
+    let repository = Repository::new().model("slow", &slow_model_dir(), Some(config));
+    let server = start(repository.path(), &[]).await;
+    let (_, warm_count) = histogram(
+        &server.metrics_text().await,
+        "resnet_serve_batch_size",
+        "slow",
+    );
+    let statuses = burst(&server, 12, &[]).await;
+    assert!(
+        statuses.iter().all(|(status, _)| *status == 200),
+        "{statuses:?}"
+    );
+    let (sum, count) = histogram(
+        &server.metrics_text().await,
+        "resnet_serve_batch_size",
+        "slow",
+    );
+    let (batches, images) = (count - warm_count, sum);
+    // While the instance runs one batch, the others queue up and run together.
+    assert!(
+        batches < 12.0,
+        "12 requests ran in {batches} batches: not batched"
+    );
+    assert!(images >= 12.0, "{images}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let config = "[batching]\nmax_batch_size = 1\nmax_queue_size = 2\n";
+    let repository = Repository::new().model("slow", &slow_model_dir(), Some(config));
+    let server = start(repository.path(), &[]).await;
+    let statuses = burst(&server, 10, &[]).await;
+    let ok = statuses.iter().filter(|(status, _)| *status == 200).count();
+    let full: Vec<_> = statuses
+        .iter()
+        .filter(|(status, _)| *status == 429)
+        .collect();
+    assert_eq!(
+        ok + full.len(),
+        10,
+        "only 200 and 429 expected: {statuses:?}"
+    );
+    assert!(!full.is_empty() && ok >= 3, "{statuses:?}");
+    assert!(
+        full.iter()
+            .all(|(_, retry_after)| retry_after.as_deref() == Some("1"))
+    );
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("resnet_serve_rejected_total{model=\"slow\",reason=\"queue_full\"}"),
+        "{metrics}"
+    );
+    // The queue drains and the server recovers at once.
+    assert_eq!(burst(&server, 1, &[]).await[0].0, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_deadlines_answer_504_before_inference() {
+    let config = "[batching]\nmax_batch_size = 1\ndefault_timeout_ms = 60000\n";
+    let repository = Repository::new().model("slow", &slow_model_dir(), Some(config));
+    let server = start(repository.path(), &[]).await;
+    // Each image takes tens of milliseconds; a 5 ms deadline cannot survive the queue.
+    let statuses = burst(&server, 6, &[("x-request-timeout-ms", "5")]).await;
+    let timed_out = statuses.iter().filter(|(status, _)| *status == 504).count();
+    assert!(
+        statuses
+            .iter()
+            .all(|(status, _)| [200, 504].contains(status)),
+        "{statuses:?}"
+    );
+    assert!(timed_out >= 4, "{statuses:?}");
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("resnet_serve_rejected_total{model=\"slow\",reason=\"deadline\"}"),
+        "{metrics}"
+    );
+    // Requests without a tight deadline still pass.
+    assert_eq!(burst(&server, 1, &[]).await[0].0, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_must_be_within_the_configured_levels() {
+    let config = "[batching]\npriority_levels = 2\ndefault_priority = 2\n";
+    let repository = Repository::new().model("slow", &slow_model_dir(), Some(config));
+    let server = start(repository.path(), &[]).await;
+    assert_eq!(burst(&server, 1, &[("x-priority", "1")]).await[0].0, 200);
+    assert_eq!(burst(&server, 1, &[("x-priority", "3")]).await[0].0, 400);
+    server.stop().await;
+}
