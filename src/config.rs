@@ -115,6 +115,11 @@ pub struct BatchingConfig {
 /// Request limits.
 #[derive(Debug, Clone, Args)]
 pub struct LimitsConfig {
+    /// Require `Authorization: Bearer <key>` on the inference and model APIs (health,
+    /// metrics and the web page stay open).
+    #[arg(long, env = "RESNET_SERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
     /// Requests processed at once; beyond it requests get 429.
     #[arg(
         long,

@@ -109,6 +109,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         max_body_bytes: config.limits.max_body_bytes,
         in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
         max_concurrent_requests: config.limits.max_concurrent_requests,
+        api_key: config.limits.api_key.as_deref().map(Arc::from),
     };
     let host = config.network.host;
     let http_listener = TcpListener::bind((host, config.network.http_port))

@@ -208,3 +208,90 @@ fn sigterm_drains_and_exits_zero() {
         "{logged:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_golden_mismatch_keeps_the_model_out_of_ready() {
+    let repository = Repository::new().model("slow", &slow_model_dir(), None);
+    std::fs::create_dir_all(repository.path().join("slow/golden")).unwrap();
+    std::fs::write(
+        repository.path().join("slow/golden/0.png"),
+        image("fashion-0-label9.png"),
+    )
+    .unwrap();
+    let golden = serde_json::json!({"atol": 1e-4, "rtol": 1e-3, "cases": [
+        {"file": "golden/0.png", "label": 9, "logits": vec![0.0; 10]}
+    ]});
+    std::fs::write(
+        repository.path().join("slow/golden.json"),
+        golden.to_string(),
+    )
+    .unwrap();
+    let error = resnet_serve::server::start(config(repository.path(), &[]))
+        .await
+        .err()
+        .unwrap();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("golden check failed for golden/0.png"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_guards_inference_but_not_health() {
+    let repository = Repository::new().model("slow", &slow_model_dir(), None);
+    let server = start(repository.path(), &["--api-key", "s3cret"]).await;
+    let png = image("fashion-0-label9.png");
+    let response = server.classify_raw("", "image/png", png.clone()).await;
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_eq!(support::error_of(response).await.1, "unauthorized");
+    let wrong = server
+        .client
+        .post(server.url("/classify"))
+        .bearer_auth("s3cret!")
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = server
+        .client
+        .post(server.url("/classify"))
+        .bearer_auth("s3cret")
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert_eq!(
+        server
+            .client
+            .get(server.url("/models"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        server
+            .client
+            .get(server.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        server
+            .client
+            .get(&server.metrics)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.stop().await;
+}

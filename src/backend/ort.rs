@@ -27,27 +27,30 @@ pub fn library_path(flag: Option<&Path>) -> PathBuf {
     }
 }
 
-/// The process-wide ONNX Runtime environment, once loaded.
-static ENVIRONMENT: std::sync::OnceLock<Result<(ort::environment::Environment, String), String>> =
+/// The process-wide ONNX Runtime environment and its version, once loaded.
+static ENVIRONMENT: std::sync::OnceLock<(ort::environment::Environment, String)> =
     std::sync::OnceLock::new();
 
 /// Loads ONNX Runtime from `path` once per process, refusing a missing library or a version
-/// other than [`ORT_VERSION`]. Returns the version loaded.
+/// other than [`ORT_VERSION`]. Returns the version loaded. A failure is not remembered, so a
+/// later call may name another library.
 pub fn init(path: &Path) -> Result<String, BackendError> {
-    match ENVIRONMENT.get_or_init(|| load(path)) {
-        Ok((_, version)) => Ok(version.clone()),
-        Err(error) => Err(BackendError::Library(error.clone())),
+    static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _loading = LOADING
+        .lock()
+        .map_err(|_| BackendError::Library("ONNX Runtime loader poisoned".into()))?;
+    if let Some((_, version)) = ENVIRONMENT.get() {
+        return Ok(version.clone());
     }
+    let (environment, version) = load(path).map_err(BackendError::Library)?;
+    Ok(ENVIRONMENT.get_or_init(|| (environment, version)).1.clone())
 }
 
 fn environment() -> Result<&'static ort::environment::Environment, BackendError> {
-    match ENVIRONMENT.get() {
-        Some(Ok((environment, _))) => Ok(environment),
-        Some(Err(error)) => Err(BackendError::Library(error.clone())),
-        None => Err(BackendError::Library(
-            "ONNX Runtime is not initialised".into(),
-        )),
-    }
+    ENVIRONMENT
+        .get()
+        .map(|(environment, _)| environment)
+        .ok_or_else(|| BackendError::Library("ONNX Runtime is not initialised".into()))
 }
 
 fn load(path: &Path) -> Result<(ort::environment::Environment, String), String> {
@@ -83,9 +86,11 @@ fn library_version(path: &Path) -> Result<String, String> {
         let library = libloading::Library::new(path).map_err(|error| cannot(&error))?;
         let get_api_base: libloading::Symbol<
             unsafe extern "C" fn() -> *const ort::sys::OrtApiBase,
-        > = library
-            .get(b"OrtGetApiBase")
-            .map_err(|error| cannot(&error))?;
+        > = library.get(b"OrtGetApiBase").map_err(|error| {
+            cannot(&format!(
+                "not an ONNX Runtime library (no OrtGetApiBase: {error})"
+            ))
+        })?;
         let base = get_api_base();
         if base.is_null() {
             return Err(cannot(&"OrtGetApiBase returned null"));

@@ -33,6 +33,8 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// The permit count, for messages.
     pub max_concurrent_requests: usize,
+    /// `--api-key`, when set.
+    pub api_key: Option<Arc<str>>,
 }
 
 /// The request id (from `x-request-id` or generated), stored as a request extension.
@@ -47,6 +49,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limit_in_flight,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
         ));
     Router::new()
         .route("/health/live", get(health::live))
@@ -86,6 +92,27 @@ async fn request_id(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// With `--api-key`, requires `Authorization: Bearer <key>` (compared in constant time).
+async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Equality whose time depends only on the lengths, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Refuses a request at once when `--max-concurrent-requests` are in flight: 429, or 503
