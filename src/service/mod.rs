@@ -123,7 +123,6 @@ impl Classifier {
     /// Classifies every image of `request`.
     #[tracing::instrument(skip_all, fields(model = request.model.as_deref().unwrap_or("default"), images = request.images.len()))]
     pub async fn classify(&self, request: ClassifyRequest) -> Result<Classification, ServiceError> {
-        let started = Instant::now();
         let model = self.resolve(request.model.as_deref(), request.version.as_deref())?;
         let classes = model.spec.classes;
         let top_k = match request.top_k {
@@ -131,40 +130,109 @@ impl Classifier {
             Some(value) if value >= 1 && value as u64 <= classes as u64 => value as usize,
             Some(value) => return Err(ServiceError::InvalidTopK { value, classes }),
         };
-        let level = priority_level(request.priority, &model)?;
-        if request.images.is_empty() {
-            return Err(ServiceError::NoImages);
-        }
-        let (deadline, timeout_ms) = deadline(started, request.timeout, &model);
-        let input = self
-            .pool
-            .run(
-                request.images,
-                &model.preprocess,
-                deadline,
-                request.numbered,
-                timeout_ms,
-            )
-            .await?;
-        let decoded = Instant::now();
-        let inferred = model.infer(input, level, deadline, timeout_ms).await?;
-        let results = inferred
+        let options = InferOptions { priority: request.priority, timeout: request.timeout };
+        let output = self.infer_images(&model, request.images, options, request.numbered).await?;
+        let results = output
             .logits
             .chunks_exact(classes)
             .map(|logits| top_predictions(logits, top_k, &model.spec.labels))
             .collect();
-        Ok(Classification {
+        Ok(Classification { model: output.model, version: output.version, results, timing: output.timing })
+    }
+
+    /// Decodes, preprocesses and runs encoded or raw images; returns the raw logits.
+    pub async fn infer_images(
+        &self,
+        model: &Arc<LoadedModel>,
+        images: Vec<ImageInput>,
+        options: InferOptions,
+        numbered: bool,
+    ) -> Result<InferOutput, ServiceError> {
+        let started = Instant::now();
+        let level = priority_level(options.priority, model)?;
+        if images.is_empty() {
+            return Err(ServiceError::NoImages);
+        }
+        let (deadline, timeout_ms) = deadline(started, options.timeout, model);
+        let input = self.pool.run(images, &model.preprocess, deadline, numbered, timeout_ms).await?;
+        let decode = started.elapsed();
+        let inferred = model.infer(input, level, deadline, timeout_ms).await?;
+        Ok(InferOutput {
             model: model.name.clone(),
             version: model.version.to_string(),
-            results,
+            logits: inferred.logits,
+            timing: Timing { decode, queue: inferred.queue, infer: inferred.infer, total: started.elapsed() },
+        })
+    }
+
+    /// Runs an already preprocessed `N × C × H × W` tensor (KServe V2 FP32 inputs). The batch
+    /// may not exceed the model's `max_batch_size`, and every value must be finite.
+    pub async fn infer_tensor(
+        &self,
+        model: &Arc<LoadedModel>,
+        input: Vec<f32>,
+        batch: usize,
+        options: InferOptions,
+    ) -> Result<InferOutput, ServiceError> {
+        let started = Instant::now();
+        let level = priority_level(options.priority, model)?;
+        let tensor_len = model.spec.preprocess.tensor_len();
+        let max_batch_size = model.spec.batching.max_batch_size;
+        if batch == 0 || batch > max_batch_size {
+            return Err(ServiceError::InvalidTensor(format!(
+                "batch size {batch} is outside 1..={max_batch_size} (the model's max_batch_size)"
+            )));
+        }
+        if input.len() != batch * tensor_len {
+            return Err(ServiceError::InvalidTensor(format!(
+                "input has {} values, expected {batch} × {:?} = {}",
+                input.len(),
+                model.spec.dims,
+                batch * tensor_len
+            )));
+        }
+        if let Some(position) = input.iter().position(|value| !value.is_finite()) {
+            return Err(ServiceError::InvalidTensor(format!(
+                "input value {position} is {}, not a finite number",
+                input[position]
+            )));
+        }
+        let (deadline, timeout_ms) = deadline(started, options.timeout, model);
+        let inferred = model.infer(input, level, deadline, timeout_ms).await?;
+        Ok(InferOutput {
+            model: model.name.clone(),
+            version: model.version.to_string(),
+            logits: inferred.logits,
             timing: Timing {
-                decode: decoded - started,
+                decode: std::time::Duration::ZERO,
                 queue: inferred.queue,
                 infer: inferred.infer,
                 total: started.elapsed(),
             },
         })
     }
+}
+
+/// Scheduling options of an inference.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InferOptions {
+    /// Triton's convention: 0 or `None` = the model's default, 1 = highest.
+    pub priority: Option<u64>,
+    /// Requested timeout, capped by the model's `default_timeout_ms`.
+    pub timeout: Option<Duration>,
+}
+
+/// Raw logits of an inference.
+#[derive(Debug, Clone)]
+pub struct InferOutput {
+    /// Model that answered.
+    pub model: String,
+    /// Its version.
+    pub version: String,
+    /// `N × classes` logits, row-major.
+    pub logits: Vec<f32>,
+    /// Stage timings.
+    pub timing: Timing,
 }
 
 /// Maps Triton's priority (0 = default, 1 = highest) to a 0-based level index.
