@@ -130,14 +130,24 @@ impl Classifier {
             Some(value) if value >= 1 && value as u64 <= classes as u64 => value as usize,
             Some(value) => return Err(ServiceError::InvalidTopK { value, classes }),
         };
-        let options = InferOptions { priority: request.priority, timeout: request.timeout };
-        let output = self.infer_images(&model, request.images, options, request.numbered).await?;
+        let options = InferOptions {
+            priority: request.priority,
+            timeout: request.timeout,
+        };
+        let output = self
+            .infer_images(&model, request.images, options, request.numbered)
+            .await?;
         let results = output
             .logits
             .chunks_exact(classes)
             .map(|logits| top_predictions(logits, top_k, &model.spec.labels))
             .collect();
-        Ok(Classification { model: output.model, version: output.version, results, timing: output.timing })
+        Ok(Classification {
+            model: output.model,
+            version: output.version,
+            results,
+            timing: output.timing,
+        })
     }
 
     /// Decodes, preprocesses and runs encoded or raw images; returns the raw logits.
@@ -154,14 +164,22 @@ impl Classifier {
             return Err(ServiceError::NoImages);
         }
         let (deadline, timeout_ms) = deadline(started, options.timeout, model);
-        let input = self.pool.run(images, &model.preprocess, deadline, numbered, timeout_ms).await?;
+        let input = self
+            .pool
+            .run(images, &model.preprocess, deadline, numbered, timeout_ms)
+            .await?;
         let decode = started.elapsed();
         let inferred = model.infer(input, level, deadline, timeout_ms).await?;
         Ok(InferOutput {
             model: model.name.clone(),
             version: model.version.to_string(),
             logits: inferred.logits,
-            timing: Timing { decode, queue: inferred.queue, infer: inferred.infer, total: started.elapsed() },
+            timing: Timing {
+                decode,
+                queue: inferred.queue,
+                infer: inferred.infer,
+                total: started.elapsed(),
+            },
         })
     }
 
@@ -210,6 +228,64 @@ impl Classifier {
                 total: started.elapsed(),
             },
         })
+    }
+}
+
+/// A model as listed by `GET /models` and `ListModels`.
+#[derive(Debug, Clone)]
+pub struct ModelSummary {
+    /// Name.
+    pub name: String,
+    /// (version, state name, reason) for each version.
+    pub versions: Vec<(String, &'static str, String)>,
+    /// Input name, `[-1, C, H, W]` and colour name, when a version is loaded.
+    pub input: Option<(String, Vec<i64>, &'static str)>,
+    /// Number of labels.
+    pub labels: usize,
+    /// Largest batch.
+    pub max_batch_size: usize,
+}
+
+impl Classifier {
+    /// Every model with its versions' states, sorted by name.
+    pub fn list_models(&self) -> Vec<ModelSummary> {
+        self.registry
+            .snapshot()
+            .into_iter()
+            .map(|(name, versions)| {
+                let loaded = versions
+                    .values()
+                    .rev()
+                    .find_map(|entry| entry.loaded.clone());
+                ModelSummary {
+                    name,
+                    versions: versions
+                        .iter()
+                        .map(|(version, entry)| {
+                            let reason = match &entry.state {
+                                VersionState::Unavailable(reason) => reason.clone(),
+                                _ => String::new(),
+                            };
+                            (version.to_string(), entry.state.name(), reason)
+                        })
+                        .collect(),
+                    input: loaded.as_ref().map(|model| {
+                        let shape = std::iter::once(-1)
+                            .chain(model.spec.dims.iter().map(|&d| d as i64))
+                            .collect();
+                        let color = match model.spec.preprocess.color {
+                            crate::repository::config::Color::Rgb => "rgb",
+                            crate::repository::config::Color::Gray => "gray",
+                        };
+                        (model.spec.input_name.clone(), shape, color)
+                    }),
+                    labels: loaded.as_ref().map_or(0, |model| model.spec.labels.len()),
+                    max_batch_size: loaded
+                        .as_ref()
+                        .map_or(0, |model| model.spec.batching.max_batch_size),
+                }
+            })
+            .collect()
     }
 }
 
