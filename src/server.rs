@@ -103,6 +103,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let classifier = Arc::new(Classifier::new(
         registry.clone(),
         pool,
+        metrics.clone(),
         config.lifecycle.strict_readiness,
     ));
     let state = AppState {

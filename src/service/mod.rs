@@ -75,6 +75,7 @@ pub struct Classification {
 /// The facade: classify images with any served model.
 pub struct Classifier {
     registry: Arc<Registry>,
+    metrics: Arc<crate::metrics::Metrics>,
     pool: PreprocessPool,
     strict_readiness: bool,
     draining: AtomicBool,
@@ -82,9 +83,15 @@ pub struct Classifier {
 
 impl Classifier {
     /// A classifier over a loaded registry.
-    pub fn new(registry: Arc<Registry>, pool: PreprocessPool, strict_readiness: bool) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        pool: PreprocessPool,
+        metrics: Arc<crate::metrics::Metrics>,
+        strict_readiness: bool,
+    ) -> Self {
         Self {
             registry,
+            metrics,
             pool,
             strict_readiness,
             draining: AtomicBool::new(false),
@@ -123,6 +130,47 @@ impl Classifier {
     /// Classifies every image of `request`.
     #[tracing::instrument(skip_all, fields(model = request.model.as_deref().unwrap_or("default"), images = request.images.len()))]
     pub async fn classify(&self, request: ClassifyRequest) -> Result<Classification, ServiceError> {
+        let label = self.resolve(request.model.as_deref(), None).map_or_else(
+            |_| crate::metrics::UNKNOWN_MODEL.to_string(),
+            |model| model.name.clone(),
+        );
+        let result = self.classify_unmetered(request).await;
+        if let Err(error) = &result {
+            self.count_invalid(&label, error);
+        }
+        result
+    }
+
+    /// Counts a refusal caused by the request's own content as `reason="invalid"`.
+    fn count_invalid(&self, model: &str, error: &ServiceError) {
+        let invalid = match error {
+            ServiceError::NoImages
+            | ServiceError::InvalidTopK { .. }
+            | ServiceError::InvalidPriority { .. }
+            | ServiceError::InvalidTensor(_) => true,
+            ServiceError::Image { source, .. } => {
+                !matches!(source, crate::preprocess::PreprocessError::Internal(_))
+            }
+            ServiceError::ModelNotFound { .. }
+            | ServiceError::VersionNotFound { .. }
+            | ServiceError::ModelNotReady { .. }
+            | ServiceError::QueueFull { .. }
+            | ServiceError::DeadlineExceeded { .. }
+            | ServiceError::ShuttingDown
+            | ServiceError::Internal(_) => false,
+        };
+        if invalid {
+            self.metrics
+                .rejected
+                .with_label_values(&[model, "invalid"])
+                .inc();
+        }
+    }
+
+    async fn classify_unmetered(
+        &self,
+        request: ClassifyRequest,
+    ) -> Result<Classification, ServiceError> {
         let model = self.resolve(request.model.as_deref(), request.version.as_deref())?;
         let classes = model.spec.classes;
         let top_k = match request.top_k {
@@ -186,6 +234,22 @@ impl Classifier {
     /// Runs an already preprocessed `N × C × H × W` tensor (KServe V2 FP32 inputs). The batch
     /// may not exceed the model's `max_batch_size`, and every value must be finite.
     pub async fn infer_tensor(
+        &self,
+        model: &Arc<LoadedModel>,
+        input: Vec<f32>,
+        batch: usize,
+        options: InferOptions,
+    ) -> Result<InferOutput, ServiceError> {
+        let result = self
+            .infer_tensor_unmetered(model, input, batch, options)
+            .await;
+        if let Err(error) = &result {
+            self.count_invalid(&model.name, error);
+        }
+        result
+    }
+
+    async fn infer_tensor_unmetered(
         &self,
         model: &Arc<LoadedModel>,
         input: Vec<f32>,
