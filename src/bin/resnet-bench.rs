@@ -1,0 +1,520 @@
+//! `resnet-bench`: load generator for a running resnet-serve (REST `/classify`, gRPC
+//! `Classify`), closed-loop over concurrency levels or open-loop at Poisson arrival rates, with
+//! real image files; and `--baseline raw-ort`, the same model run in-process by ONNX Runtime
+//! with the same threads at its best batch size, so the report gives server / raw ORT from
+//! one run. Writes `report.json` and `latency.svg`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use rand::Rng;
+use resnet_serve::backend::Backend;
+use resnet_serve::backend::ort::{self as ort_backend, OrtBackend, SessionOptions};
+use resnet_serve::grpc::proto::classify_service_client::ClassifyServiceClient;
+use resnet_serve::grpc::proto::{ClassifyRequest, Image, image::Data};
+use serde::Serialize;
+
+/// Load generator and raw-ONNX-Runtime baseline for resnet-serve.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Server address (host:port of REST, or of gRPC with --protocol grpc).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    target: String,
+    /// Protocol to load.
+    #[arg(long, value_enum, default_value = "rest")]
+    protocol: Protocol,
+    /// Model to request (default: the server's default).
+    #[arg(long)]
+    model: Option<String>,
+    /// Closed loop: these numbers of clients, each sending its next request on an answer.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    concurrency: Vec<usize>,
+    /// Open loop instead: Poisson arrivals at these rates (requests/s), whatever the answers.
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<f64>,
+    /// Image files or directories of them (JPEG, PNG, ...), sent round-robin.
+    #[arg(long, default_value = "tests/fixtures/images")]
+    images: Vec<PathBuf>,
+    /// Seconds of load before measuring, per level.
+    #[arg(long, default_value = "2")]
+    warmup_seconds: f64,
+    /// Seconds measured, per level.
+    #[arg(long, default_value = "10")]
+    duration_seconds: f64,
+    /// Also measure ONNX Runtime alone on this model file (`--baseline raw-ort`).
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    /// The ONNX file for the baseline.
+    #[arg(long)]
+    onnx: Option<PathBuf>,
+    /// Intra-op threads for the baseline (match the server's).
+    #[arg(long, default_value = "2")]
+    threads: usize,
+    /// Report directory.
+    #[arg(long, default_value = "bench-report")]
+    output: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Protocol {
+    Rest,
+    Grpc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Baseline {
+    RawOrt,
+}
+
+/// Results of one load level.
+#[derive(Debug, Serialize)]
+struct Level {
+    mode: &'static str,
+    /// Clients (closed loop) or offered requests/s (open loop).
+    load: f64,
+    requests: usize,
+    throughput_per_second: f64,
+    latency_ms: Percentiles,
+    errors: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut samples: Vec<f64>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |quantile: f64| samples[((samples.len() - 1) as f64 * quantile).round() as usize];
+        Self {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: at(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct RawOrt {
+    threads: usize,
+    /// Images/s at each batch size.
+    images_per_second_by_batch: BTreeMap<usize, f64>,
+    best_batch_size: usize,
+    best_images_per_second: f64,
+    batch1_latency_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    target: String,
+    protocol: Protocol,
+    images: usize,
+    levels: Vec<Level>,
+    raw_ort: Option<RawOrt>,
+    /// Best server throughput over raw ORT's best, same machine, same run.
+    server_over_raw_ort: Option<f64>,
+    /// Server p50 at concurrency 1 minus raw ORT batch-1 latency.
+    p50_overhead_at_concurrency_1_ms: Option<f64>,
+}
+
+/// A client of the server under test.
+#[derive(Clone)]
+enum Client {
+    Rest {
+        http: reqwest::Client,
+        url: String,
+    },
+    Grpc {
+        grpc: ClassifyServiceClient<tonic::transport::Channel>,
+        model: String,
+    },
+}
+
+impl Client {
+    async fn new(args: &Args) -> anyhow::Result<Self> {
+        Ok(match args.protocol {
+            Protocol::Rest => {
+                let query = args
+                    .model
+                    .as_ref()
+                    .map(|model| format!("?model={model}"))
+                    .unwrap_or_default();
+                Self::Rest {
+                    http: reqwest::Client::new(),
+                    url: format!("http://{}/classify{query}", args.target),
+                }
+            }
+            Protocol::Grpc => Self::Grpc {
+                grpc: ClassifyServiceClient::connect(format!("http://{}", args.target)).await?,
+                model: args.model.clone().unwrap_or_default(),
+            },
+        })
+    }
+
+    /// Sends one image; returns the outcome label ("200"/"OK" or the error status).
+    async fn send(&mut self, image: &[u8]) -> String {
+        match self {
+            Self::Rest { http, url } => {
+                match http.post(url.as_str()).body(image.to_vec()).send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16().to_string();
+                        let _ = response.bytes().await;
+                        status
+                    }
+                    Err(error) => format!("transport: {error}"),
+                }
+            }
+            Self::Grpc { grpc, model } => {
+                let request = ClassifyRequest {
+                    model: model.clone(),
+                    images: vec![Image {
+                        data: Some(Data::Encoded(image.to_vec())),
+                    }],
+                    ..Default::default()
+                };
+                match grpc.classify(request).await {
+                    Ok(_) => "OK".into(),
+                    Err(status) => format!("{:?}", status.code()),
+                }
+            }
+        }
+    }
+}
+
+fn is_success(outcome: &str) -> bool {
+    outcome == "200" || outcome == "OK"
+}
+
+fn load_images(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                files.push(entry?.path());
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files.sort();
+    let images: Vec<Vec<u8>> = files
+        .iter()
+        .filter(|file| {
+            file.extension()
+                .is_some_and(|extension| matches!(extension.to_str(), Some("jpg" | "jpeg" | "png")))
+        })
+        .map(std::fs::read)
+        .collect::<Result<_, _>>()?;
+    if images.is_empty() {
+        bail!("no .jpg or .png images in {paths:?}");
+    }
+    Ok(images)
+}
+
+type Samples = Vec<(Instant, f64, String)>;
+
+/// Closed loop: `clients` tasks each send their next request when the last is answered.
+async fn closed_loop(
+    args: &Args,
+    images: &Arc<Vec<Vec<u8>>>,
+    clients: usize,
+    until: Instant,
+) -> anyhow::Result<Samples> {
+    let mut tasks = Vec::new();
+    for index in 0..clients {
+        let mut client = Client::new(args).await?;
+        let images = images.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut next = index;
+            while Instant::now() < until {
+                let image = &images[next % images.len()];
+                next += clients;
+                let started = Instant::now();
+                let outcome = client.send(image).await;
+                samples.push((started, started.elapsed().as_secs_f64() * 1000.0, outcome));
+            }
+            samples
+        }));
+    }
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await?);
+    }
+    Ok(samples)
+}
+
+/// Open loop: requests start at exponential intervals (Poisson arrivals at `rate`/s), whether
+/// or not earlier ones were answered, so queueing shows.
+async fn open_loop(
+    args: &Args,
+    images: &Arc<Vec<Vec<u8>>>,
+    rate: f64,
+    until: Instant,
+) -> anyhow::Result<Samples> {
+    // Both clients multiplex over pooled connections, so clones share them.
+    let client = Client::new(args).await?;
+    let mut tasks = Vec::new();
+    let mut next_start = Instant::now();
+    let mut random = rand::rng();
+    let mut index = 0;
+    while next_start < until {
+        tokio::time::sleep_until(next_start.into()).await;
+        let image = images[index % images.len()].clone();
+        index += 1;
+        let mut client = client.clone();
+        let scheduled = next_start;
+        tasks.push(tokio::spawn(async move {
+            let outcome = client.send(&image).await;
+            // From the scheduled start: time a request waits in the client counts too.
+            (
+                scheduled,
+                scheduled.elapsed().as_secs_f64() * 1000.0,
+                outcome,
+            )
+        }));
+        let gap = -random.random::<f64>().max(1e-12).ln() / rate;
+        next_start += Duration::from_secs_f64(gap);
+    }
+    let mut samples = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        samples.push(task.await?);
+    }
+    Ok(samples)
+}
+
+fn summarise(
+    mode: &'static str,
+    load: f64,
+    samples: Samples,
+    measure_from: Instant,
+    seconds: f64,
+) -> Level {
+    let measured: Vec<_> = samples
+        .into_iter()
+        .filter(|(started, ..)| *started >= measure_from)
+        .collect();
+    let mut errors = BTreeMap::new();
+    let mut latencies = Vec::new();
+    for (_, latency, outcome) in &measured {
+        if is_success(outcome) {
+            latencies.push(*latency);
+        } else {
+            *errors.entry(outcome.clone()).or_insert(0) += 1;
+        }
+    }
+    Level {
+        mode,
+        load,
+        requests: measured.len(),
+        throughput_per_second: latencies.len() as f64 / seconds,
+        latency_ms: Percentiles::of(latencies),
+        errors,
+    }
+}
+
+/// ONNX Runtime alone, in this process, at batch sizes 1..=32: images/s and batch-1 latency.
+fn raw_ort(onnx: &Path, threads: usize, seconds: f64) -> anyhow::Result<RawOrt> {
+    ort_backend::init(&ort_backend::library_path(None))?;
+    let options = SessionOptions {
+        device: resnet_serve::backend::Device::Cpu,
+        allow_cpu_fallback: false,
+        intra_op_threads: threads,
+    };
+    let (session, signature, device) = ort_backend::open(onnx, &options)?;
+    let input = signature.inputs.first().context("model has no input")?;
+    let output = signature.outputs.first().context("model has no output")?;
+    let dims: Vec<usize> = input
+        .shape
+        .iter()
+        .skip(1)
+        .map(|&d| d.max(1) as usize)
+        .collect();
+    let per_image: usize = dims.iter().product();
+    let mut backend = OrtBackend::new(
+        session,
+        input.name.clone(),
+        output.name.clone(),
+        dims,
+        device,
+    );
+    let mut by_batch = BTreeMap::new();
+    let mut batch1_latency_ms = 0.0;
+    for batch in [1usize, 2, 4, 8, 16, 32] {
+        let tensor = vec![0.1f32; batch * per_image];
+        backend.infer(&tensor, batch)?;
+        let started = Instant::now();
+        let mut runs = 0usize;
+        while started.elapsed().as_secs_f64() < seconds / 6.0 || runs < 3 {
+            backend.infer(&tensor, batch)?;
+            runs += 1;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        by_batch.insert(batch, (runs * batch) as f64 / elapsed);
+        if batch == 1 {
+            batch1_latency_ms = elapsed / runs as f64 * 1000.0;
+        }
+    }
+    let (best_batch_size, best_images_per_second) = by_batch
+        .iter()
+        .map(|(batch, rate)| (*batch, *rate))
+        .fold(
+            (1, 0.0),
+            |best, item| if item.1 > best.1 { item } else { best },
+        );
+    Ok(RawOrt {
+        threads,
+        images_per_second_by_batch: by_batch,
+        best_batch_size,
+        best_images_per_second,
+        batch1_latency_ms,
+    })
+}
+
+fn plot(levels: &[Level], path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_x = levels
+        .iter()
+        .map(|level| level.throughput_per_second)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let max_y = levels
+        .iter()
+        .map(|level| level.latency_ms.p99)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("latency vs throughput", ("sans-serif", 20))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
+    chart
+        .configure_mesh()
+        .x_desc("requests/s")
+        .y_desc("latency (ms)")
+        .draw()?;
+    for (name, color, pick) in [
+        (
+            "p50",
+            BLUE,
+            (|p: &Percentiles| p.p50) as fn(&Percentiles) -> f64,
+        ),
+        ("p90", GREEN, |p: &Percentiles| p.p90),
+        ("p99", RED, |p: &Percentiles| p.p99),
+    ] {
+        let points: Vec<(f64, f64)> = levels
+            .iter()
+            .map(|level| (level.throughput_per_second, pick(&level.latency_ms)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|point| Circle::new(point, 3, color.filled())),
+        )?;
+    }
+    chart.configure_series_labels().border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let images = Arc::new(load_images(&args.images)?);
+    let warmup = Duration::from_secs_f64(args.warmup_seconds);
+    let duration = Duration::from_secs_f64(args.duration_seconds);
+    let mut levels = Vec::new();
+    let plan: Vec<(&'static str, f64)> = if args.rate.is_empty() {
+        args.concurrency
+            .iter()
+            .map(|&clients| ("closed", clients as f64))
+            .collect()
+    } else {
+        args.rate.iter().map(|&rate| ("open", rate)).collect()
+    };
+    for (mode, load) in plan {
+        let measure_from = Instant::now() + warmup;
+        let until = measure_from + duration;
+        let samples = match mode {
+            "closed" => closed_loop(&args, &images, load as usize, until).await?,
+            _ => open_loop(&args, &images, load, until).await?,
+        };
+        let level = summarise(mode, load, samples, measure_from, duration.as_secs_f64());
+        eprintln!(
+            "{mode} {load}: {:.1} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {:?}",
+            level.throughput_per_second, level.latency_ms.p50, level.latency_ms.p99, level.errors
+        );
+        levels.push(level);
+    }
+    let raw_ort = match (args.baseline, &args.onnx) {
+        (Some(Baseline::RawOrt), Some(onnx)) => {
+            let onnx = onnx.clone();
+            let (threads, seconds) = (args.threads, args.duration_seconds);
+            let raw =
+                tokio::task::spawn_blocking(move || raw_ort(&onnx, threads, seconds)).await??;
+            eprintln!(
+                "raw ORT: best {:.1} images/s at batch {}, batch-1 {:.2} ms",
+                raw.best_images_per_second, raw.best_batch_size, raw.batch1_latency_ms
+            );
+            Some(raw)
+        }
+        (Some(Baseline::RawOrt), None) => bail!("--baseline raw-ort needs --onnx MODEL_FILE"),
+        (None, _) => None,
+    };
+    let best = levels
+        .iter()
+        .map(|level| level.throughput_per_second)
+        .fold(0.0, f64::max);
+    let server_over_raw_ort = raw_ort
+        .as_ref()
+        .map(|raw| best / raw.best_images_per_second);
+    let p50_overhead = raw_ort.as_ref().and_then(|raw| {
+        levels
+            .iter()
+            .find(|level| level.mode == "closed" && level.load == 1.0)
+            .map(|level| level.latency_ms.p50 - raw.batch1_latency_ms)
+    });
+    let report = Report {
+        target: args.target.clone(),
+        protocol: args.protocol,
+        images: images.len(),
+        levels,
+        raw_ort,
+        server_over_raw_ort,
+        p50_overhead_at_concurrency_1_ms: p50_overhead,
+    };
+    std::fs::create_dir_all(&args.output)?;
+    std::fs::write(
+        args.output.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    plot(&report.levels, &args.output.join("latency.svg"))?;
+    if let Some(ratio) = report.server_over_raw_ort {
+        eprintln!("server / raw ORT throughput: {ratio:.3}");
+    }
+    eprintln!("report: {}", args.output.join("report.json").display());
+    Ok(())
+}
