@@ -10,6 +10,7 @@ pub mod batcher;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod kserve;
 pub mod metrics;
 pub mod preprocess;
 pub mod repository;

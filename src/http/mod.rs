@@ -5,6 +5,7 @@ pub mod body;
 pub mod classify;
 pub mod error;
 pub mod health;
+pub mod v2;
 
 use std::sync::Arc;
 
@@ -58,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .merge(api)
+        .nest("/v2", v2::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id))

@@ -130,14 +130,24 @@ impl Classifier {
             Some(value) if value >= 1 && value as u64 <= classes as u64 => value as usize,
             Some(value) => return Err(ServiceError::InvalidTopK { value, classes }),
         };
-        let options = InferOptions { priority: request.priority, timeout: request.timeout };
-        let output = self.infer_images(&model, request.images, options, request.numbered).await?;
+        let options = InferOptions {
+            priority: request.priority,
+            timeout: request.timeout,
+        };
+        let output = self
+            .infer_images(&model, request.images, options, request.numbered)
+            .await?;
         let results = output
             .logits
             .chunks_exact(classes)
             .map(|logits| top_predictions(logits, top_k, &model.spec.labels))
             .collect();
-        Ok(Classification { model: output.model, version: output.version, results, timing: output.timing })
+        Ok(Classification {
+            model: output.model,
+            version: output.version,
+            results,
+            timing: output.timing,
+        })
     }
 
     /// Decodes, preprocesses and runs encoded or raw images; returns the raw logits.
@@ -154,14 +164,22 @@ impl Classifier {
             return Err(ServiceError::NoImages);
         }
         let (deadline, timeout_ms) = deadline(started, options.timeout, model);
-        let input = self.pool.run(images, &model.preprocess, deadline, numbered, timeout_ms).await?;
+        let input = self
+            .pool
+            .run(images, &model.preprocess, deadline, numbered, timeout_ms)
+            .await?;
         let decode = started.elapsed();
         let inferred = model.infer(input, level, deadline, timeout_ms).await?;
         Ok(InferOutput {
             model: model.name.clone(),
             version: model.version.to_string(),
             logits: inferred.logits,
-            timing: Timing { decode, queue: inferred.queue, infer: inferred.infer, total: started.elapsed() },
+            timing: Timing {
+                decode,
+                queue: inferred.queue,
+                infer: inferred.infer,
+                total: started.elapsed(),
+            },
         })
     }
 
