@@ -66,6 +66,19 @@ pub struct NetworkConfig {
     /// Prometheus metrics port.
     #[arg(long, env = "RESNET_SERVE_METRICS_PORT", default_value = "8002")]
     pub metrics_port: u16,
+
+    /// Serve REST and gRPC on the HTTP port, routed by content type (also implied by
+    /// --grpc-port equal to --http-port). KServe on Knative allows one container port.
+    #[arg(long, env = "RESNET_SERVE_SINGLE_PORT")]
+    pub single_port: bool,
+
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(
+        long,
+        env = "RESNET_SERVE_GRPC_MAX_MESSAGE_BYTES",
+        default_value = "67108864"
+    )]
+    pub grpc_max_message_bytes: usize,
 }
 
 /// ONNX Runtime.
@@ -211,6 +224,12 @@ impl ServeConfig {
             return Err("--intra-op-threads and --preprocess-threads must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// Whether gRPC shares the HTTP listener.
+    pub fn single_port(&self) -> bool {
+        let network = &self.network;
+        network.single_port || (network.grpc_port == network.http_port && network.http_port != 0)
     }
 
     /// Defaults for model configs.

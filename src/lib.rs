@@ -9,6 +9,7 @@ pub mod backend;
 pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod kserve;
 pub mod metrics;

@@ -22,6 +22,8 @@ use crate::service::{Classifier, PreprocessPool};
 pub struct RunningServer {
     /// Where REST is served.
     pub http_address: SocketAddr,
+    /// Where gRPC is served (the HTTP address in single-port mode).
+    pub grpc_address: SocketAddr,
     /// Where `/metrics` is served.
     pub metrics_address: SocketAddr,
     /// The facade (readiness, models).
@@ -101,6 +103,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let classifier = Arc::new(Classifier::new(
         registry.clone(),
         pool,
+        metrics.clone(),
         config.lifecycle.strict_readiness,
     ));
     let state = AppState {
@@ -111,24 +114,47 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         max_concurrent_requests: config.limits.max_concurrent_requests,
         api_key: config.limits.api_key.as_deref().map(Arc::from),
     };
+    let grpc_options = crate::grpc::GrpcOptions {
+        max_message_bytes: config.network.grpc_max_message_bytes,
+        api_key: config.limits.api_key.as_deref().map(Arc::from),
+    };
+    let (grpc_routes, health) =
+        crate::grpc::routes(classifier.clone(), metrics.clone(), &grpc_options)
+            .await
+            .context("building gRPC services")?;
     let host = config.network.host;
     let http_listener = TcpListener::bind((host, config.network.http_port))
         .await
         .with_context(|| format!("binding --http-port {}", config.network.http_port))?;
+    let grpc_listener = if config.single_port() {
+        None
+    } else {
+        Some(
+            TcpListener::bind((host, config.network.grpc_port))
+                .await
+                .with_context(|| format!("binding --grpc-port {}", config.network.grpc_port))?,
+        )
+    };
     let metrics_listener = TcpListener::bind((host, config.network.metrics_port))
         .await
         .with_context(|| format!("binding --metrics-port {}", config.network.metrics_port))?;
     let http_address = http_listener.local_addr()?;
     let metrics_address = metrics_listener.local_addr()?;
-    tracing::info!(%http_address, %metrics_address, "listening");
+    let grpc_address = match &grpc_listener {
+        Some(listener) => listener.local_addr()?,
+        None => http_address,
+    };
+    tracing::info!(%http_address, %grpc_address, %metrics_address, "listening");
 
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(serve(
         Listeners {
             http: http_listener,
+            grpc: grpc_listener,
             metrics: metrics_listener,
         },
         state,
+        (grpc_routes, health),
         batchers,
         shutdown.clone(),
         Timeouts {
@@ -138,6 +164,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     ));
     Ok(RunningServer {
         http_address,
+        grpc_address,
         metrics_address,
         classifier,
         shutdown,
@@ -147,6 +174,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
 struct Listeners {
     http: TcpListener,
+    /// `None` in single-port mode.
+    grpc: Option<TcpListener>,
     metrics: TcpListener,
 }
 
@@ -158,6 +187,7 @@ struct Timeouts {
 async fn serve(
     listeners: Listeners,
     state: AppState,
+    (grpc_routes, health): (tonic::service::Routes, tonic_health::server::HealthReporter),
     batchers: Vec<Batcher>,
     shutdown: CancellationToken,
     timeouts: Timeouts,
@@ -165,7 +195,18 @@ async fn serve(
     let stop_accepting = CancellationToken::new();
     let classifier = state.classifier.clone();
     let metrics = state.metrics.clone();
-    let http = axum::serve(listeners.http, http::router(state))
+    let rest = http::router(state);
+    let (app, grpc_task) = match listeners.grpc {
+        None => (by_content_type(rest, grpc_routes.into_axum_router()), None),
+        // Served by the same hyper stack as REST (h2c), so the request deadline from
+        // `grpc-timeout` is enforced by the batcher and answered DEADLINE_EXCEEDED.
+        Some(listener) => {
+            let server = axum::serve(listener, grpc_routes.into_axum_router())
+                .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+            (rest, Some(tokio::spawn(async move { server.await })))
+        }
+    };
+    let http = axum::serve(listeners.http, app)
         .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
     let mut http_task = tokio::spawn(async move { http.await });
     let metrics_router = axum::Router::new().route(
@@ -201,6 +242,7 @@ async fn serve(
         "shutting down: not ready, draining"
     );
     classifier.start_draining();
+    crate::grpc::set_serving(&health, false).await;
     tokio::time::sleep(timeouts.drain).await;
     tracing::info!("no longer accepting; finishing in-flight requests");
     stop_accepting.cancel();
@@ -213,6 +255,12 @@ async fn serve(
             }
         }
     }
+    if let Some(grpc_task) = grpc_task {
+        match tokio::time::timeout(timeouts.shutdown, grpc_task).await {
+            Ok(result) => result.context("gRPC server task")?.context("gRPC server")?,
+            Err(_) => tracing::warn!("shutdown timeout reached with gRPC calls still in flight"),
+        }
+    }
     classifier.registry().unload_all();
     drop(classifier);
     stop_batchers(batchers).await;
@@ -223,6 +271,21 @@ async fn serve(
         .context("metrics server")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One router for both protocols: gRPC requests (content type `application/grpc*`) go to the
+/// tonic services, everything else to the REST router.
+fn by_content_type(rest: axum::Router, grpc: axum::Router) -> axum::Router {
+    use tower::ServiceExt;
+    let dispatch = tower::service_fn(move |request: axum::extract::Request| {
+        let is_grpc = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        let target = if is_grpc { grpc.clone() } else { rest.clone() };
+        target.oneshot(request)
+    });
+    axum::Router::new().fallback_service(dispatch)
 }
 
 async fn stop_batchers(batchers: Vec<Batcher>) {

@@ -295,3 +295,30 @@ async fn the_api_key_guards_inference_but_not_health() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuda_without_a_gpu_fails_clearly_unless_cpu_fallback_is_allowed() {
+    let repository = Repository::new().model("slow", &slow_model_dir(), None);
+    let error = resnet_serve::server::start(config(repository.path(), &["--device", "cuda"]))
+        .await
+        .err()
+        .unwrap();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("CUDA execution provider unavailable")
+            && message.contains("--allow-cpu-fallback"),
+        "{message}"
+    );
+    let server = start(
+        repository.path(),
+        &["--device", "cuda:0", "--allow-cpu-fallback"],
+    )
+    .await;
+    let metrics = server.metrics_text().await;
+    assert!(metrics.contains("execution_provider=\"cpu\""), "{metrics}");
+    let response = server
+        .classify_raw("", "image/png", image("fashion-0-label9.png"))
+        .await;
+    assert_eq!(response.status(), 200);
+    server.stop().await;
+}

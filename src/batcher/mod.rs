@@ -423,6 +423,10 @@ impl Worker {
         });
         match result {
             Ok(logits) => {
+                self.metrics
+                    .images
+                    .with_label_values(&[model])
+                    .inc_by(images as u64);
                 let mut rows = logits.chunks_exact(classes);
                 for job in batch {
                     let logits: Vec<f32> =

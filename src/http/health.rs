@@ -7,8 +7,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::AppState;
-use crate::repository::config::Color;
-use crate::service::VersionState;
 
 /// `GET /health/live`: the process is up.
 pub async fn live() -> Response {
@@ -82,47 +80,32 @@ pub struct InputInfo {
 
 /// `GET /models`.
 pub async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
-    let registry = state.classifier.registry();
-    let models = registry
-        .snapshot()
+    let classifier = &state.classifier;
+    let models = classifier
+        .list_models()
         .into_iter()
-        .map(|(name, versions)| {
-            let loaded = versions
-                .values()
-                .rev()
-                .find_map(|entry| entry.loaded.clone());
-            ModelInfo {
+        .map(|model| ModelInfo {
+            name: model.name,
+            versions: model
+                .versions
+                .into_iter()
+                .map(|(version, state, reason)| VersionInfo {
+                    version,
+                    state: state.to_string(),
+                    reason,
+                })
+                .collect(),
+            input: model.input.map(|(name, shape, color)| InputInfo {
                 name,
-                versions: versions
-                    .iter()
-                    .map(|(version, entry)| VersionInfo {
-                        version: version.to_string(),
-                        state: entry.state.name().to_string(),
-                        reason: match &entry.state {
-                            VersionState::Unavailable(reason) => reason.clone(),
-                            _ => String::new(),
-                        },
-                    })
-                    .collect(),
-                input: loaded.as_ref().map(|model| InputInfo {
-                    name: model.spec.input_name.clone(),
-                    shape: std::iter::once(-1)
-                        .chain(model.spec.dims.iter().map(|&d| d as i64))
-                        .collect(),
-                    color: match model.spec.preprocess.color {
-                        Color::Rgb => "rgb".into(),
-                        Color::Gray => "gray".into(),
-                    },
-                }),
-                labels: loaded.as_ref().map_or(0, |model| model.spec.labels.len()),
-                max_batch_size: loaded
-                    .as_ref()
-                    .map_or(0, |model| model.spec.batching.max_batch_size),
-            }
+                shape,
+                color: color.to_string(),
+            }),
+            labels: model.labels,
+            max_batch_size: model.max_batch_size,
         })
         .collect();
     Json(ModelsResponse {
-        default: registry.default_model().to_string(),
+        default: classifier.registry().default_model().to_string(),
         models,
     })
 }

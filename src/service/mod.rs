@@ -75,6 +75,7 @@ pub struct Classification {
 /// The facade: classify images with any served model.
 pub struct Classifier {
     registry: Arc<Registry>,
+    metrics: Arc<crate::metrics::Metrics>,
     pool: PreprocessPool,
     strict_readiness: bool,
     draining: AtomicBool,
@@ -82,9 +83,15 @@ pub struct Classifier {
 
 impl Classifier {
     /// A classifier over a loaded registry.
-    pub fn new(registry: Arc<Registry>, pool: PreprocessPool, strict_readiness: bool) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        pool: PreprocessPool,
+        metrics: Arc<crate::metrics::Metrics>,
+        strict_readiness: bool,
+    ) -> Self {
         Self {
             registry,
+            metrics,
             pool,
             strict_readiness,
             draining: AtomicBool::new(false),
@@ -123,6 +130,47 @@ impl Classifier {
     /// Classifies every image of `request`.
     #[tracing::instrument(skip_all, fields(model = request.model.as_deref().unwrap_or("default"), images = request.images.len()))]
     pub async fn classify(&self, request: ClassifyRequest) -> Result<Classification, ServiceError> {
+        let label = self.resolve(request.model.as_deref(), None).map_or_else(
+            |_| crate::metrics::UNKNOWN_MODEL.to_string(),
+            |model| model.name.clone(),
+        );
+        let result = self.classify_unmetered(request).await;
+        if let Err(error) = &result {
+            self.count_invalid(&label, error);
+        }
+        result
+    }
+
+    /// Counts a refusal caused by the request's own content as `reason="invalid"`.
+    fn count_invalid(&self, model: &str, error: &ServiceError) {
+        let invalid = match error {
+            ServiceError::NoImages
+            | ServiceError::InvalidTopK { .. }
+            | ServiceError::InvalidPriority { .. }
+            | ServiceError::InvalidTensor(_) => true,
+            ServiceError::Image { source, .. } => {
+                !matches!(source, crate::preprocess::PreprocessError::Internal(_))
+            }
+            ServiceError::ModelNotFound { .. }
+            | ServiceError::VersionNotFound { .. }
+            | ServiceError::ModelNotReady { .. }
+            | ServiceError::QueueFull { .. }
+            | ServiceError::DeadlineExceeded { .. }
+            | ServiceError::ShuttingDown
+            | ServiceError::Internal(_) => false,
+        };
+        if invalid {
+            self.metrics
+                .rejected
+                .with_label_values(&[model, "invalid"])
+                .inc();
+        }
+    }
+
+    async fn classify_unmetered(
+        &self,
+        request: ClassifyRequest,
+    ) -> Result<Classification, ServiceError> {
         let model = self.resolve(request.model.as_deref(), request.version.as_deref())?;
         let classes = model.spec.classes;
         let top_k = match request.top_k {
@@ -192,6 +240,22 @@ impl Classifier {
         batch: usize,
         options: InferOptions,
     ) -> Result<InferOutput, ServiceError> {
+        let result = self
+            .infer_tensor_unmetered(model, input, batch, options)
+            .await;
+        if let Err(error) = &result {
+            self.count_invalid(&model.name, error);
+        }
+        result
+    }
+
+    async fn infer_tensor_unmetered(
+        &self,
+        model: &Arc<LoadedModel>,
+        input: Vec<f32>,
+        batch: usize,
+        options: InferOptions,
+    ) -> Result<InferOutput, ServiceError> {
         let started = Instant::now();
         let level = priority_level(options.priority, model)?;
         let tensor_len = model.spec.preprocess.tensor_len();
@@ -228,6 +292,64 @@ impl Classifier {
                 total: started.elapsed(),
             },
         })
+    }
+}
+
+/// A model as listed by `GET /models` and `ListModels`.
+#[derive(Debug, Clone)]
+pub struct ModelSummary {
+    /// Name.
+    pub name: String,
+    /// (version, state name, reason) for each version.
+    pub versions: Vec<(String, &'static str, String)>,
+    /// Input name, `[-1, C, H, W]` and colour name, when a version is loaded.
+    pub input: Option<(String, Vec<i64>, &'static str)>,
+    /// Number of labels.
+    pub labels: usize,
+    /// Largest batch.
+    pub max_batch_size: usize,
+}
+
+impl Classifier {
+    /// Every model with its versions' states, sorted by name.
+    pub fn list_models(&self) -> Vec<ModelSummary> {
+        self.registry
+            .snapshot()
+            .into_iter()
+            .map(|(name, versions)| {
+                let loaded = versions
+                    .values()
+                    .rev()
+                    .find_map(|entry| entry.loaded.clone());
+                ModelSummary {
+                    name,
+                    versions: versions
+                        .iter()
+                        .map(|(version, entry)| {
+                            let reason = match &entry.state {
+                                VersionState::Unavailable(reason) => reason.clone(),
+                                _ => String::new(),
+                            };
+                            (version.to_string(), entry.state.name(), reason)
+                        })
+                        .collect(),
+                    input: loaded.as_ref().map(|model| {
+                        let shape = std::iter::once(-1)
+                            .chain(model.spec.dims.iter().map(|&d| d as i64))
+                            .collect();
+                        let color = match model.spec.preprocess.color {
+                            crate::repository::config::Color::Rgb => "rgb",
+                            crate::repository::config::Color::Gray => "gray",
+                        };
+                        (model.spec.input_name.clone(), shape, color)
+                    }),
+                    labels: loaded.as_ref().map_or(0, |model| model.spec.labels.len()),
+                    max_batch_size: loaded
+                        .as_ref()
+                        .map_or(0, |model| model.spec.batching.max_batch_size),
+                }
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,114 @@
+//! The one mapping from service errors to gRPC status codes (DESIGN §4.2).
+
+use tonic::{Code, Status};
+
+use crate::error::ServiceError;
+use crate::preprocess::PreprocessError;
+
+/// The status for a service error; every variant named, so a new one must be mapped.
+pub fn status(error: &ServiceError) -> Status {
+    let code = match error {
+        ServiceError::ModelNotFound { .. } | ServiceError::VersionNotFound { .. } => Code::NotFound,
+        ServiceError::ModelNotReady { .. } | ServiceError::ShuttingDown => Code::Unavailable,
+        ServiceError::NoImages
+        | ServiceError::InvalidTopK { .. }
+        | ServiceError::InvalidPriority { .. }
+        | ServiceError::InvalidTensor(_) => Code::InvalidArgument,
+        ServiceError::Image { source, .. } => match source {
+            PreprocessError::Internal(_) => Code::Internal,
+            PreprocessError::NoData
+            | PreprocessError::UnsupportedFormat(_)
+            | PreprocessError::UnknownFormat
+            | PreprocessError::TooManyPixels { .. }
+            | PreprocessError::EmptyImage { .. }
+            | PreprocessError::AspectRatio { .. }
+            | PreprocessError::Decode { .. }
+            | PreprocessError::RawLength { .. } => Code::InvalidArgument,
+        },
+        ServiceError::QueueFull { .. } => Code::ResourceExhausted,
+        ServiceError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+        ServiceError::Internal(_) => Code::Internal,
+    };
+    if code == Code::Internal {
+        tracing::error!(%error, "gRPC request failed");
+        Status::new(code, "internal error")
+    } else {
+        tracing::info!(%error, ?code, "gRPC request refused");
+        Status::new(code, error.to_string())
+    }
+}
+
+/// Parses the `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let split = text.len().checked_sub(1)?;
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_the_design_table() {
+        let image = |source| ServiceError::Image {
+            index: None,
+            source,
+        };
+        let bomb = PreprocessError::TooManyPixels {
+            width: 1,
+            height: 1,
+            limit: 0,
+        };
+        assert_eq!(status(&image(bomb)).code(), Code::InvalidArgument);
+        assert_eq!(
+            status(&ServiceError::QueueFull {
+                model: "m".into(),
+                capacity: 1
+            })
+            .code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            status(&ServiceError::DeadlineExceeded { timeout_ms: 1 }).code(),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            status(&ServiceError::ShuttingDown).code(),
+            Code::Unavailable
+        );
+        let internal = status(&ServiceError::Internal("secret".into()));
+        assert_eq!(
+            (internal.code(), internal.message()),
+            (Code::Internal, "internal error")
+        );
+    }
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(
+            grpc_timeout(&metadata),
+            Some(std::time::Duration::from_millis(250))
+        );
+        metadata.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(
+            grpc_timeout(&metadata),
+            Some(std::time::Duration::from_secs(2))
+        );
+        metadata.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), None);
+    }
+}
