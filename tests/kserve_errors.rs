@@ -216,3 +216,38 @@ async fn bad_v2_requests_get_v2_errors() {
     assert_eq!(response.status(), 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_guards_v2_except_health_and_model_control_is_refused() {
+    let repository = Repository::new().model("slow", &slow_model_dir(), None);
+    let server = start(repository.path(), &["--api-key", "secret"]).await;
+    let get = |path: &str| server.client.get(server.url(path));
+    assert_eq!(get("/v2/health/live").send().await.unwrap().status(), 200);
+    assert_eq!(get("/v2/health/ready").send().await.unwrap().status(), 200);
+    let (status, message) = v2_error(get("/v2/models/slow").send().await.unwrap()).await;
+    assert_eq!(
+        (status, message.contains("API key")),
+        (401, true),
+        "{message}"
+    );
+    let authorized = get("/v2/models/slow")
+        .bearer_auth("secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(authorized.status(), 200);
+    let load = server
+        .client
+        .post(server.url("/v2/repository/models/slow/load"))
+        .bearer_auth("secret")
+        .send()
+        .await
+        .unwrap();
+    let (status, message) = v2_error(load).await;
+    assert_eq!(
+        (status, message.contains("model control")),
+        (501, true),
+        "{message}"
+    );
+    server.stop().await;
+}

@@ -56,6 +56,8 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(model::statistics),
         )
         .route("/repository/index", post(model::index))
+        .route("/repository/models/{model}/load", post(model_control))
+        .route("/repository/models/{model}/unload", post(model_control))
         .merge(infer_routes)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -97,6 +99,15 @@ async fn ready(State(state): State<AppState>) -> Response {
         let body = json!({ "error": "the server is not ready: not every model is loaded" });
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     }
+}
+
+/// `POST /v2/repository/models/{m}/load|unload`: 501 until the server offers model control
+/// (gRPC answers UNIMPLEMENTED alike).
+async fn model_control() -> Response {
+    let body = json!({
+        "error": "model control (load/unload) is not available; models are loaded from the repository at start-up"
+    });
+    (StatusCode::NOT_IMPLEMENTED, axum::Json(body)).into_response()
 }
 
 /// Rewrites every error response under `/v2` (ours, extractor rejections, 404/405, body
