@@ -2,6 +2,7 @@
 //! `grpc.health.v1.Health` and server reflection, served by tonic.
 
 pub mod classify;
+pub mod kserve;
 pub mod status;
 
 use std::sync::Arc;
@@ -48,6 +49,9 @@ pub async fn routes(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTORS)
         .build_v1()?;
+    let inference = kserve::service(classifier.clone(), metrics.clone())
+        .max_decoding_message_size(options.max_message_bytes)
+        .max_encoding_message_size(options.max_message_bytes);
     let classify = proto::classify_service_server::ClassifyServiceServer::new(
         classify::ClassifyApi::new(classifier, metrics),
     )
@@ -56,12 +60,18 @@ pub async fn routes(
     .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
     .send_compressed(tonic::codec::CompressionEncoding::Gzip);
     let api_key = options.api_key.clone();
+    let inference =
+        tonic::service::interceptor::InterceptedService::new(inference, move |request| {
+            check_api_key(api_key.as_deref(), request)
+        });
+    let api_key = options.api_key.clone();
     let classify = tonic::service::interceptor::InterceptedService::new(classify, move |request| {
         check_api_key(api_key.as_deref(), request)
     });
     let routes = Routes::new(health)
         .add_service(reflection)
-        .add_service(classify);
+        .add_service(classify)
+        .add_service(inference);
     Ok((routes, reporter))
 }
 

@@ -5,6 +5,7 @@ pub mod body;
 pub mod classify;
 pub mod error;
 pub mod health;
+pub mod v2;
 pub mod web;
 
 use std::sync::Arc;
@@ -104,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .to_pretty_json()
         .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"));
     let router = router
+        .nest("/v2", v2::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id))

@@ -1,0 +1,346 @@
+//! `POST /v2/models/{m}[/versions/{v}]/infer`: JSON tensors and Triton's binary tensor
+//! extension in and out, request parameters `priority` and `timeout` (µs), and the
+//! classification extension.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::super::error::ApiError;
+use super::super::{AppState, RequestId, body};
+use super::model::ModelPath;
+use crate::kserve::{
+    self, BYTES, FP32, InferInput, InputData, OutputData, RequestedOutput, tensor,
+};
+use crate::service::InferOptions;
+
+/// Header giving the length of the JSON part when binary data follows it.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+type Parameters = Map<String, Value>;
+
+#[derive(Debug, Deserialize)]
+struct RequestBody {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Parameters,
+    inputs: Vec<InputBody>,
+    #[serde(default)]
+    outputs: Vec<OutputBody>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InputBody {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Parameters,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputBody {
+    name: String,
+    #[serde(default)]
+    parameters: Parameters,
+}
+
+/// Handles a V2 inference request.
+pub async fn infer(
+    State(state): State<AppState>,
+    Path(path): Path<ModelPath>,
+    request_id: Option<axum::Extension<RequestId>>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let request_id = request_id.map(|axum::Extension(id)| id.0);
+    let result = handle(&state, &path, request).await;
+    let (model, version) = match &result {
+        Ok((response, _)) => (response.model_name.clone(), response.model_version.clone()),
+        Err(_) => (
+            kserve::metric_model(&state.classifier, &path.model),
+            String::new(),
+        ),
+    };
+    let response = match result {
+        Ok((response, plan)) => encode(response, plan),
+        Err(error) => error.into_response_with_id(request_id.as_deref()),
+    };
+    let code = response.status().as_u16().to_string();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[model.as_str(), &version, "v2-http", &code])
+        .inc();
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[model.as_str(), "v2-http"])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// How to encode the response: the request id, and which outputs go binary.
+struct Plan {
+    id: Option<String>,
+    binary: Vec<bool>,
+}
+
+async fn handle(
+    state: &AppState,
+    path: &ModelPath,
+    request: Request,
+) -> Result<(kserve::InferResponse, Plan), ApiError> {
+    let header_length = header_length(request.headers())?;
+    let body = body::read_limited(request.into_body(), state.max_body_bytes).await?;
+    let (json, mut binary) = match header_length {
+        Some(length) if length > body.len() => {
+            return Err(ApiError::bad_request(
+                "bad_header_length",
+                format!(
+                    "Inference-Header-Content-Length is {length} but the body has only {} bytes",
+                    body.len()
+                ),
+            ));
+        }
+        Some(length) => (body.slice(..length), body.slice(length..)),
+        None => (body, Bytes::new()),
+    };
+    let parsed: RequestBody = serde_json::from_slice(&json).map_err(|error| {
+        ApiError::bad_request(
+            "bad_json",
+            format!("invalid inference request JSON: {error}"),
+        )
+    })?;
+    let options = InferOptions {
+        priority: u64_parameter(&parsed.parameters, "priority")?,
+        timeout: u64_parameter(&parsed.parameters, "timeout")?.map(Duration::from_micros),
+    };
+    let binary_default = bool_parameter(&parsed.parameters, "binary_data_output")?.unwrap_or(false);
+    let inputs = parsed
+        .inputs
+        .into_iter()
+        .map(|input| parse_input(input, &mut binary))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !binary.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_binary_data",
+            format!(
+                "{} bytes of binary data follow the inputs' binary_data_size total",
+                binary.len()
+            ),
+        ));
+    }
+    let mut outputs = Vec::with_capacity(parsed.outputs.len());
+    let mut binary_outputs = Vec::with_capacity(parsed.outputs.len().max(1));
+    for output in parsed.outputs {
+        binary_outputs
+            .push(bool_parameter(&output.parameters, "binary_data")?.unwrap_or(binary_default));
+        outputs.push(RequestedOutput {
+            classification: u64_parameter(&output.parameters, "classification")?,
+            name: output.name,
+        });
+    }
+    if binary_outputs.is_empty() {
+        binary_outputs.push(binary_default);
+    }
+    let request = kserve::InferRequest {
+        model: path.model.clone(),
+        version: path.version.clone(),
+        inputs,
+        outputs,
+        options,
+    };
+    let response = kserve::infer(&state.classifier, request).await?;
+    Ok((
+        response,
+        Plan {
+            id: parsed.id,
+            binary: binary_outputs,
+        },
+    ))
+}
+
+fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.get(HEADER_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<usize>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_header_length",
+                format!("Inference-Header-Content-Length must be a byte count, got {value:?}"),
+            )
+        })
+}
+
+/// Decodes one input from JSON `data` or from the next `binary_data_size` bytes of `binary`.
+fn parse_input(input: InputBody, binary: &mut Bytes) -> Result<InferInput, ApiError> {
+    let name = input.name;
+    if input.parameters.contains_key("shared_memory_region") {
+        return Err(ApiError::bad_request(
+            "unsupported_parameter",
+            format!("input `{name}`: shared memory is not supported; send the data in the request"),
+        ));
+    }
+    let data = match (
+        u64_parameter(&input.parameters, "binary_data_size")?,
+        input.data,
+    ) {
+        (Some(size), None) => {
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size > binary.len() {
+                return Err(ApiError::bad_request(
+                    "bad_binary_data",
+                    format!(
+                        "input `{name}` has binary_data_size {size} but only {} bytes of binary data remain",
+                        binary.len()
+                    ),
+                ));
+            }
+            tensor::decode(&name, &input.datatype, &input.shape, binary.split_to(size))?
+        }
+        (None, Some(data)) => json_data(&name, &input.datatype, data)?,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "bad_input",
+                format!("input `{name}` has both `data` and binary_data_size"),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "bad_input",
+                format!("input `{name}` has neither `data` nor binary_data_size"),
+            ));
+        }
+    };
+    Ok(InferInput {
+        name,
+        datatype: input.datatype,
+        shape: input.shape,
+        data,
+    })
+}
+
+/// Flattens (possibly nested) JSON `data`: numbers for FP32, base64 strings for BYTES.
+fn json_data(name: &str, datatype: &str, data: Value) -> Result<InputData, ApiError> {
+    let mut leaves = Vec::new();
+    flatten(data, &mut leaves);
+    match datatype {
+        FP32 => leaves
+            .into_iter()
+            .enumerate()
+            .map(|(position, value)| match value.as_f64() {
+                Some(number) => Ok(number as f32),
+                None => Err(ApiError::bad_request(
+                    "bad_input",
+                    format!("input `{name}` element {position} is {value}, not a number"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(InputData::Fp32),
+        BYTES => leaves
+            .into_iter()
+            .enumerate()
+            .map(|(position, value)| match value {
+                Value::String(text) => body::decode_base64(&text, Some(position)),
+                other => Err(ApiError::bad_request(
+                    "bad_input",
+                    format!("input `{name}` element {position} is {other}, not a base64 string"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(InputData::Bytes),
+        other => Err(tensor::unsupported_datatype(name, other).into()),
+    }
+}
+
+fn flatten(value: Value, leaves: &mut Vec<Value>) {
+    match value {
+        Value::Array(items) => items.into_iter().for_each(|item| flatten(item, leaves)),
+        leaf => leaves.push(leaf),
+    }
+}
+
+fn u64_parameter(parameters: &Parameters, key: &str) -> Result<Option<u64>, ApiError> {
+    match parameters.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_parameter",
+                format!("parameter `{key}` must be a non-negative integer, got {value}"),
+            )
+        }),
+    }
+}
+
+fn bool_parameter(parameters: &Parameters, key: &str) -> Result<Option<bool>, ApiError> {
+    match parameters.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value.as_bool().map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_parameter",
+                format!("parameter `{key}` must be true or false, got {value}"),
+            )
+        }),
+    }
+}
+
+/// The response: JSON only, or (when any output is binary) the JSON header followed by the
+/// binary outputs in order, with `Inference-Header-Content-Length`.
+fn encode(response: kserve::InferResponse, plan: Plan) -> Response {
+    let mut binary = Vec::new();
+    let outputs: Vec<Value> = response
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(position, output)| {
+            let mut value = json!({
+                "name": output.name,
+                "datatype": output.data.datatype(),
+                "shape": output.shape,
+            });
+            if plan.binary.get(position).copied().unwrap_or(false) {
+                let raw = tensor::encode(&output.data);
+                value["parameters"] = json!({ "binary_data_size": raw.len() });
+                binary.extend_from_slice(&raw);
+            } else {
+                value["data"] = match &output.data {
+                    OutputData::Fp32(values) => json!(values),
+                    OutputData::Bytes(strings) => json!(strings),
+                };
+            }
+            value
+        })
+        .collect();
+    let mut header = json!({
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    });
+    if let Some(id) = plan.id.filter(|id| !id.is_empty()) {
+        header["id"] = Value::String(id);
+    }
+    let mut json = header.to_string().into_bytes();
+    let any_binary = plan.binary.iter().any(|&binary| binary);
+    if !any_binary {
+        return ([(header::CONTENT_TYPE, "application/json")], json).into_response();
+    }
+    let header_length = HeaderValue::from(json.len());
+    json.extend_from_slice(&binary);
+    let mut response = ([(header::CONTENT_TYPE, "application/octet-stream")], json).into_response();
+    response.headers_mut().insert(HEADER_LENGTH, header_length);
+    response
+}
