@@ -72,6 +72,15 @@ pub struct NetworkConfig {
     #[arg(long, env = "RESNET_SERVE_SINGLE_PORT")]
     pub single_port: bool,
 
+    /// Do not serve the web page at `/`.
+    #[arg(long, env = "RESNET_SERVE_NO_WEB_UI")]
+    pub no_web_ui: bool,
+
+    /// Origins allowed to call the REST API from browsers (comma-separated; `*` = any).
+    /// Off by default.
+    #[arg(long, env = "RESNET_SERVE_CORS_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub cors_allow_origin: Vec<String>,
+
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(
         long,

@@ -113,6 +113,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
         max_concurrent_requests: config.limits.max_concurrent_requests,
         api_key: config.limits.api_key.as_deref().map(Arc::from),
+        web: crate::http::WebOptions {
+            web_ui: !config.network.no_web_ui,
+            cors_allow_origin: config.network.cors_allow_origin.clone(),
+        },
+        openapi: Arc::from(""),
     };
     let grpc_options = crate::grpc::GrpcOptions {
         max_message_bytes: config.network.grpc_max_message_bytes,

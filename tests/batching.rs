@@ -127,3 +127,36 @@ async fn priority_must_be_within_the_configured_levels() {
     assert_eq!(burst(&server, 1, &[("x-priority", "3")]).await[0].0, 400);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_client_left_are_dropped_before_inference() {
+    let config = "[batching]\nmax_batch_size = 1\n";
+    let repository = Repository::new().model("slow", &slow_model_dir(), Some(config));
+    let server = start(repository.path(), &[]).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let png = image("fashion-0-label9.png");
+    let requests = (0..6).map(|_| {
+        impatient
+            .post(server.url("/classify"))
+            .header("content-type", "image/png")
+            .body(png.clone())
+            .send()
+    });
+    let outcomes = futures::future::join_all(requests).await;
+    assert!(outcomes.iter().filter(|outcome| outcome.is_err()).count() >= 4);
+    // Once the instance is free, the abandoned jobs are skipped, not run.
+    assert_eq!(burst(&server, 1, &[]).await[0].0, 200);
+    let metrics = server.metrics_text().await;
+    let cancelled = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("resnet_serve_rejected_total{model=\"slow\",reason=\"cancelled\"}")
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0.0, |value| value.parse::<f64>().unwrap());
+    assert!(cancelled >= 3.0, "{metrics}");
+    server.stop().await;
+}

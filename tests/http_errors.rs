@@ -358,7 +358,10 @@ async fn bad_input_gets_the_right_status_and_a_clear_message() {
     let response = server.classify_raw("", "image/png", png).await;
     assert_eq!(response.status(), 200);
     let metrics = server.metrics_text().await;
-    assert!(metrics.contains("resnet_serve_images_total{model=\"slow\"}"), "{metrics}");
+    assert!(
+        metrics.contains("resnet_serve_images_total{model=\"slow\"}"),
+        "{metrics}"
+    );
     assert_eq!(
         server
             .client

@@ -8,25 +8,50 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::{AppState, RequestId, body};
 use crate::metrics::UNKNOWN_MODEL;
 use crate::service::{Classification, ClassifyRequest, ImageInput, Prediction};
 
 /// Query parameters of `/classify`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ClassifyParams {
-    /// Model name.
+    /// Model name [default: the server's default model].
     pub model: Option<String>,
-    /// Model version.
+    /// Model version [default: the newest ready version].
     pub version: Option<String>,
-    /// Predictions per image.
+    /// Predictions per image, 1..=classes [default: 5].
+    #[param(value_type = Option<u32>)]
     pub top_k: Option<String>,
 }
 
+/// Encoded image bytes (JPEG, PNG, WebP, GIF, BMP or TIFF; the format is sniffed).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ImageBytes(pub Vec<u8>);
+
+/// A JSON body: `image` (answered with `predictions`) or `images` (answered with `results`),
+/// standard or URL-safe base64, optionally a `data:image/...;base64,` URL.
+#[derive(utoipa::ToSchema)]
+pub struct ClassifyJson {
+    /// One base64 image.
+    pub image: Option<String>,
+    /// Several base64 images.
+    pub images: Option<Vec<String>>,
+}
+
+/// A multipart body: one or more file parts, any field names, order kept.
+#[derive(utoipa::ToSchema)]
+pub struct ClassifyMultipart {
+    /// The images.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    pub file: Vec<Vec<u8>>,
+}
+
 /// One prediction in the JSON response.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PredictionBody {
     /// Class name.
     pub label: String,
@@ -37,14 +62,14 @@ pub struct PredictionBody {
 }
 
 /// The predictions of one image.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResultBody {
     /// Top-k, most probable first.
     pub predictions: Vec<PredictionBody>,
 }
 
 /// The `/classify` response: `predictions` for single-image forms, `results` otherwise.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClassifyResponse {
     /// Model that answered.
     pub model: String,
@@ -69,7 +94,37 @@ fn prediction_bodies(predictions: Vec<Prediction>) -> Vec<PredictionBody> {
         .collect()
 }
 
-/// Handles `POST /classify`.
+/// Classifies one or more images.
+#[utoipa::path(
+    post,
+    path = "/classify",
+    tag = "classify",
+    params(
+        ClassifyParams,
+        ("x-request-id" = Option<String>, Header, description = "Echoed; generated when absent"),
+        ("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline, capped by the model's default_timeout_ms"),
+        ("x-priority" = Option<u32>, Header, description = "0 = the model's default, 1 = highest"),
+    ),
+    request_body(content(
+        (ImageBytes = "image/*"),
+        (ImageBytes = "application/octet-stream"),
+        (ClassifyJson = "application/json"),
+        (ClassifyMultipart = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, description = "Predictions; a `Server-Timing` header gives decode, queue, infer and total milliseconds", body = ClassifyResponse),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 413, description = "Body or image too large", body = ErrorBody),
+        (status = 415, description = "Not an image type, or a format we do not decode", body = ErrorBody),
+        (status = 422, description = "Undecodable image or aspect ratio too large", body = ErrorBody),
+        (status = 429, description = "Queue full or too many requests in flight", body = ErrorBody),
+        (status = 503, description = "Model not ready or server draining", body = ErrorBody),
+        (status = 504, description = "Deadline passed before inference", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])),
+)]
 pub async fn classify(
     State(state): State<AppState>,
     query: Result<Query<ClassifyParams>, axum::extract::rejection::QueryRejection>,

@@ -8,6 +8,24 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ServiceError;
 use crate::preprocess::PreprocessError;
 
+/// The JSON body of every REST error (outside `/v2/`).
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// An error's code and message.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// snake_case error code, e.g. `invalid_top_k`.
+    #[schema(example = "invalid_top_k")]
+    pub code: String,
+    /// What was wrong, with the limit and the value given.
+    #[schema(example = "top_k must be between 1 and 10 (the model's class count), got 0")]
+    pub message: String,
+}
+
 /// Everything a REST request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -112,9 +130,12 @@ impl ApiError {
         } else {
             tracing::info!(error = %self, status = status.as_u16(), "request refused");
         }
-        let body = serde_json::json!({
-            "error": { "code": self.code(), "message": self.message(request_id) }
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.message(request_id),
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         match status {

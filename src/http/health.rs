@@ -8,13 +8,18 @@ use serde::Serialize;
 
 use super::AppState;
 
-/// `GET /health/live`: the process is up.
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "Live")))]
 pub async fn live() -> Response {
     (StatusCode::OK, Json(serde_json::json!({"status": "live"}))).into_response()
 }
 
-/// `GET /health/ready`: 200 when ready to serve (see `--strict-readiness`), 503 otherwise or
-/// while draining.
+/// Readiness: 200 when ready to serve (see `--strict-readiness`), 503 otherwise or while
+/// draining.
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Not ready or draining"),
+))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.classifier.is_ready() {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
@@ -33,7 +38,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /models` response.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ModelsResponse {
     /// The default model's name.
     pub default: String,
@@ -42,7 +47,7 @@ pub struct ModelsResponse {
 }
 
 /// One model in `GET /models`.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ModelInfo {
     /// Name.
     pub name: String,
@@ -57,7 +62,7 @@ pub struct ModelInfo {
 }
 
 /// A version's state.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     /// Version number.
     pub version: String,
@@ -68,7 +73,7 @@ pub struct VersionInfo {
 }
 
 /// The input tensor.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct InputInfo {
     /// ONNX input name.
     pub name: String,
@@ -78,7 +83,11 @@ pub struct InputInfo {
     pub color: String,
 }
 
-/// `GET /models`.
+/// Lists the models with their versions' states.
+#[utoipa::path(get, path = "/models", tag = "models", responses(
+    (status = 200, description = "The models", body = ModelsResponse),
+    (status = 401, description = "Missing or wrong API key", body = super::error::ErrorBody),
+), security((), ("bearer" = [])))]
 pub async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
     let classifier = &state.classifier;
     let models = classifier

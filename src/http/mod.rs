@@ -5,6 +5,7 @@ pub mod body;
 pub mod classify;
 pub mod error;
 pub mod health;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -13,7 +14,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
@@ -35,17 +35,55 @@ pub struct AppState {
     pub max_concurrent_requests: usize,
     /// `--api-key`, when set.
     pub api_key: Option<Arc<str>>,
+    /// Web page and CORS settings.
+    pub web: WebOptions,
+    /// The OpenAPI document, filled in by [`router`].
+    pub openapi: Arc<str>,
+}
+
+/// The built-in page and cross-origin access.
+#[derive(Debug, Clone, Default)]
+pub struct WebOptions {
+    /// Serve the page at `/` (`--no-web-ui` turns it off).
+    pub web_ui: bool,
+    /// Origins allowed to call the API from browsers (`--cors-allow-origin`); none = no CORS.
+    pub cors_allow_origin: Vec<String>,
 }
 
 /// The request id (from `x-request-id` or generated), stored as a request extension.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// The REST router.
+/// The OpenAPI description's fixed parts; paths are added as routes are registered.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "resnet-serve", description = "Image classification with ResNet models on ONNX Runtime."),
+    modifiers(&BearerAuth),
+    components(schemas(error::ErrorBody))
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` security scheme used with `--api-key`.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The REST router. Routes and their OpenAPI description are registered together
+/// (utoipa-axum), so `/openapi.json` lists exactly what is served.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/classify", post(classify::classify))
-        .route("/models", get(health::models))
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    let guarded = OpenApiRouter::new()
+        .routes(routes!(classify::classify))
+        .routes(routes!(health::models))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limit_in_flight,
@@ -54,14 +92,29 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_api_key,
         ));
-    Router::new()
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .merge(api)
+    let mut open = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(web::openapi_json));
+    if state.web.web_ui {
+        open = open.routes(routes!(web::index));
+    }
+    let (router, spec) = open.merge(guarded).split_for_parts();
+    let spec = spec
+        .to_pretty_json()
+        .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"));
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id))
-        .with_state(state)
+        .with_state(AppState {
+            openapi: Arc::from(spec),
+            ..state.clone()
+        });
+    match web::cors(&state.web.cors_allow_origin) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
