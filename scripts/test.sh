@@ -10,6 +10,7 @@ cargo clippy --all-targets --features train -- -D warnings
 cargo clippy --all-targets --no-default-features -- -D warnings
 # The CUDA provider must keep compiling; its library is not needed to check it.
 RESNET_SERVE_SKIP_ORT_FETCH=1 cargo check --features cuda
+scripts/check_deploy.sh
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --features train --no-fail-fast
