@@ -101,11 +101,13 @@ pub fn router(state: AppState) -> Router {
         open = open.routes(routes!(web::index));
     }
     let (router, spec) = open.merge(guarded).split_for_parts();
+    let (v2_router, v2_spec) = v2::router(state.clone()).split_for_parts();
     let spec = spec
+        .nest("/v2", v2_spec)
         .to_pretty_json()
         .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"));
     let router = router
-        .nest("/v2", v2::router(state.clone()))
+        .nest("/v2", v2::finish(v2_router))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id))

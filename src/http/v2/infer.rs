@@ -53,7 +53,23 @@ struct OutputBody {
     parameters: Parameters,
 }
 
-/// Handles a V2 inference request.
+/// Inference: FP32 `[N,C,H,W]` tensors or BYTES `[N]` encoded images, as JSON `data` or with
+/// the binary tensor extension (`Inference-Header-Content-Length`); the classification
+/// extension on outputs; request parameters `priority` and `timeout` (µs).
+#[utoipa::path(post, operation_id = "v2_infer", path = "/models/{model}/infer", tag = "kserve-v2", params(super::model::ModelName),
+    request_body(content(
+        (Object = "application/json"),
+        (super::super::classify::ImageBytes = "application/octet-stream"),
+    ), description = "The V2 inference request (JSON, optionally followed by binary tensor data)"),
+    responses(
+        (status = 200, description = "Outputs (JSON, or JSON followed by binary data)", body = Object),
+        (status = 400, description = "Malformed request or tensor", body = super::V2Error),
+        (status = 404, description = "Unknown model", body = super::V2Error),
+        (status = 429, description = "Queue full", body = super::V2Error),
+        (status = 503, description = "Not ready", body = super::V2Error),
+        (status = 504, description = "Deadline passed", body = super::V2Error),
+    ),
+    security((), ("bearer" = [])))]
 pub async fn infer(
     State(state): State<AppState>,
     Path(path): Path<ModelPath>,
@@ -343,4 +359,26 @@ fn encode(response: kserve::InferResponse, plan: Plan) -> Response {
     let mut response = ([(header::CONTENT_TYPE, "application/octet-stream")], json).into_response();
     response.headers_mut().insert(HEADER_LENGTH, header_length);
     response
+}
+
+/// Inference on one version (see [`infer`]).
+#[utoipa::path(post, operation_id = "v2_infer_version", path = "/models/{model}/versions/{version}/infer", tag = "kserve-v2",
+    params(super::model::ModelVersionName),
+    request_body(content(
+        (Object = "application/json"),
+        (super::super::classify::ImageBytes = "application/octet-stream"),
+    ), description = "The V2 inference request"),
+    responses(
+        (status = 200, description = "Outputs", body = Object),
+        (status = 400, description = "Malformed request or tensor", body = super::V2Error),
+        (status = 404, description = "Unknown model or version", body = super::V2Error),
+    ),
+    security((), ("bearer" = [])))]
+pub async fn infer_version(
+    state: State<AppState>,
+    path: Path<ModelPath>,
+    request_id: Option<axum::Extension<RequestId>>,
+    request: Request,
+) -> Response {
+    infer(state, path, request_id, request).await
 }

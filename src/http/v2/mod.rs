@@ -11,62 +11,64 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::AppState;
 use crate::error::ServiceError;
 use crate::kserve::{EXTENSIONS, SERVER_NAME};
 
+/// The V2 error body (`tritonclient` reads a string).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct V2Error {
+    /// What went wrong.
+    pub error: String,
+}
+
 /// Error bodies longer than this are not rewritten into the V2 form (ours are far shorter).
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
-/// The `/v2` router, to be nested at `/v2`.
-pub fn router(state: AppState) -> Router<AppState> {
-    let infer_routes = Router::new()
-        .route("/models/{model}/infer", post(infer::infer))
-        .route(
-            "/models/{model}/versions/{version}/infer",
-            post(infer::infer),
-        )
+/// The `/v2` routes with their OpenAPI paths (relative to `/v2`); [`finish`] adds the
+/// fallbacks and the V2 error, compression and decompression layers once split.
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    let infer_routes = OpenApiRouter::new()
+        .routes(routes!(infer::infer))
+        .routes(routes!(infer::infer_version))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             super::limit_in_flight,
         ));
-    let protected = Router::new()
-        .route("/", get(server_metadata))
-        .route("/models/stats", get(model::all_statistics))
-        .route("/models/{model}", get(model::metadata))
-        .route("/models/{model}/versions/{version}", get(model::metadata))
-        .route("/models/{model}/ready", get(model::ready))
-        .route(
-            "/models/{model}/versions/{version}/ready",
-            get(model::ready),
-        )
-        .route("/models/{model}/config", get(model::config))
-        .route(
-            "/models/{model}/versions/{version}/config",
-            get(model::config),
-        )
-        .route("/models/{model}/stats", get(model::statistics))
-        .route(
-            "/models/{model}/versions/{version}/stats",
-            get(model::statistics),
-        )
-        .route("/repository/index", post(model::index))
-        .route("/repository/models/{model}/load", post(model_control))
-        .route("/repository/models/{model}/unload", post(model_control))
+    let protected = OpenApiRouter::new()
+        .routes(routes!(server_metadata))
+        .routes(routes!(model::all_statistics))
+        .routes(routes!(model::metadata))
+        .routes(routes!(model::metadata_version))
+        .routes(routes!(model::ready))
+        .routes(routes!(model::ready_version))
+        .routes(routes!(model::config))
+        .routes(routes!(model::config_version))
+        .routes(routes!(model::statistics))
+        .routes(routes!(model::statistics_version))
+        .routes(routes!(model::index))
+        .routes(routes!(model_load))
+        .routes(routes!(model_unload))
         .merge(infer_routes)
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            state,
             super::require_api_key,
         ));
-    Router::new()
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
+    OpenApiRouter::new()
+        .routes(routes!(live))
+        .routes(routes!(ready))
         .merge(protected)
+}
+
+/// Adds what every `/v2` response shares: V2 error bodies (also for 404/405), request
+/// decompression and response compression.
+pub fn finish(router: Router<AppState>) -> Router<AppState> {
+    router
         .fallback(super::not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
         .layer(RequestDecompressionLayer::new())
@@ -74,7 +76,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .layer(CompressionLayer::new())
 }
 
-/// `GET /v2`: server name, version and the extensions implemented.
+/// Server metadata: name, version and the extensions implemented.
+#[utoipa::path(get, operation_id = "v2_server_metadata", path = "", tag = "kserve-v2", responses(
+    (status = 200, description = "Server metadata", body = Object),
+), security((), ("bearer" = [])))]
 async fn server_metadata() -> Response {
     axum::Json(json!({
         "name": SERVER_NAME,
@@ -84,12 +89,17 @@ async fn server_metadata() -> Response {
     .into_response()
 }
 
-/// `GET /v2/health/live`: 200 while the process serves.
+/// Liveness: 200 while the process serves.
+#[utoipa::path(get, operation_id = "v2_live", path = "/health/live", tag = "kserve-v2", responses((status = 200, description = "Live")))]
 async fn live() -> StatusCode {
     StatusCode::OK
 }
 
-/// `GET /v2/health/ready`: 200 when ready (see `--strict-readiness`), 503 otherwise.
+/// Readiness: 200 when ready (see `--strict-readiness`), 503 otherwise.
+#[utoipa::path(get, operation_id = "v2_ready", path = "/health/ready", tag = "kserve-v2", responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Not ready or draining", body = V2Error),
+))]
 async fn ready(State(state): State<AppState>) -> Response {
     if state.classifier.is_ready() {
         StatusCode::OK.into_response()
@@ -101,9 +111,25 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `POST /v2/repository/models/{m}/load|unload`: 501 until the server offers model control
-/// (gRPC answers UNIMPLEMENTED alike).
-async fn model_control() -> Response {
+/// Model control: 501 until the server offers it (gRPC answers UNIMPLEMENTED alike).
+#[utoipa::path(post, operation_id = "v2_model_load", path = "/repository/models/{model}/load", tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name")),
+    responses((status = 501, description = "Model control is not available", body = V2Error)),
+    security((), ("bearer" = [])))]
+async fn model_load() -> Response {
+    model_control()
+}
+
+/// Model control: 501 until the server offers it (gRPC answers UNIMPLEMENTED alike).
+#[utoipa::path(post, operation_id = "v2_model_unload", path = "/repository/models/{model}/unload", tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name")),
+    responses((status = 501, description = "Model control is not available", body = V2Error)),
+    security((), ("bearer" = [])))]
+async fn model_unload() -> Response {
+    model_control()
+}
+
+fn model_control() -> Response {
     let body = json!({
         "error": "model control (load/unload) is not available; models are loaded from the repository at start-up"
     });

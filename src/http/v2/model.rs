@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::super::AppState;
 use super::super::error::ApiError;
+use super::V2Error;
 use crate::kserve::PLATFORM;
 use crate::kserve::model::{self as v2, StatisticDuration};
 
@@ -23,8 +24,11 @@ pub struct ModelPath {
     pub version: Option<String>,
 }
 
-/// `GET /v2/models/{m}[/versions/{v}]/ready`: 200 when ready, 503 (with the reason) when
-/// not, 404 when unknown.
+/// Model readiness: 200 when ready, 503 (with the reason) when not, 404 when unknown.
+#[utoipa::path(get, operation_id = "v2_model_ready", path = "/models/{model}/ready", tag = "kserve-v2", params(ModelName),
+    responses((status = 200, description = "Ready"), (status = 404, description = "Unknown model", body = V2Error),
+        (status = 503, description = "Not ready", body = V2Error)),
+    security((), ("bearer" = [])))]
 pub async fn ready(
     State(state): State<AppState>,
     Path(path): Path<ModelPath>,
@@ -35,7 +39,11 @@ pub async fn ready(
     Ok(StatusCode::OK)
 }
 
-/// `GET /v2/models/{m}[/versions/{v}]`: name, versions, platform, inputs and outputs.
+/// Model metadata: name, versions, platform, inputs and outputs.
+#[utoipa::path(get, operation_id = "v2_metadata", path = "/models/{model}", tag = "kserve-v2", params(ModelName),
+    responses((status = 200, description = "Model metadata", body = Object),
+        (status = 404, description = "Unknown model", body = V2Error)),
+    security((), ("bearer" = [])))]
 pub async fn metadata(
     State(state): State<AppState>,
     Path(path): Path<ModelPath>,
@@ -56,7 +64,11 @@ pub async fn metadata(
     })))
 }
 
-/// `GET /v2/models/{m}[/versions/{v}]/config`: Triton's model configuration as JSON.
+/// Triton's model configuration as JSON (read by tritonclient and Triton's perf tools).
+#[utoipa::path(get, operation_id = "v2_config", path = "/models/{model}/config", tag = "kserve-v2", params(ModelName),
+    responses((status = 200, description = "Model configuration", body = Object),
+        (status = 404, description = "Unknown model", body = V2Error)),
+    security((), ("bearer" = [])))]
 pub async fn config(
     State(state): State<AppState>,
     Path(path): Path<ModelPath>,
@@ -103,11 +115,18 @@ pub async fn config(
 }
 
 /// `GET /v2/models/stats`: Triton's statistics for every ready model version.
+#[utoipa::path(get, operation_id = "v2_all_statistics", path = "/models/stats", tag = "kserve-v2",
+    responses((status = 200, description = "Statistics of every model", body = Object)),
+    security((), ("bearer" = [])))]
 pub async fn all_statistics(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     statistics_json(&state, None, None)
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]/stats`: Triton's statistics for one model.
+#[utoipa::path(get, operation_id = "v2_statistics", path = "/models/{model}/stats", tag = "kserve-v2", params(ModelName),
+    responses((status = 200, description = "Statistics", body = Object),
+        (status = 404, description = "Unknown model", body = V2Error)),
+    security((), ("bearer" = [])))]
 pub async fn statistics(
     State(state): State<AppState>,
     Path(path): Path<ModelPath>,
@@ -158,6 +177,10 @@ struct IndexRequest {
 }
 
 /// `POST /v2/repository/index`: every model version with its state.
+#[utoipa::path(post, operation_id = "v2_index", path = "/repository/index", tag = "kserve-v2",
+    request_body(content = Object, description = "Optional `{\"ready\": true}`"),
+    responses((status = 200, description = "Every model version and its state", body = Object)),
+    security((), ("bearer" = [])))]
 pub async fn index(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
@@ -181,4 +204,73 @@ pub async fn index(State(state): State<AppState>, body: Bytes) -> Result<Json<Va
         })
         .collect();
     Ok(Json(Value::Array(entries)))
+}
+
+/// The model name in a V2 path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ModelName {
+    /// Model name.
+    #[allow(dead_code, reason = "documents the path parameter")]
+    model: String,
+}
+
+/// The model name and version in a V2 path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ModelVersionName {
+    /// Model name.
+    #[allow(dead_code, reason = "documents the path parameter")]
+    model: String,
+    /// Version number.
+    #[allow(dead_code, reason = "documents the path parameter")]
+    version: String,
+}
+
+/// Metadata of one version.
+#[utoipa::path(get, operation_id = "v2_metadata_version", path = "/models/{model}/versions/{version}", tag = "kserve-v2", params(ModelVersionName),
+    responses((status = 200, description = "Model metadata", body = Object),
+        (status = 404, description = "Unknown model or version", body = V2Error)),
+    security((), ("bearer" = [])))]
+pub async fn metadata_version(
+    state: State<AppState>,
+    path: Path<ModelPath>,
+) -> Result<Json<Value>, ApiError> {
+    metadata(state, path).await
+}
+
+/// Readiness of one version.
+#[utoipa::path(get, operation_id = "v2_model_ready_version", path = "/models/{model}/versions/{version}/ready", tag = "kserve-v2", params(ModelVersionName),
+    responses((status = 200, description = "Ready"), (status = 404, description = "Unknown model or version", body = V2Error),
+        (status = 503, description = "Not ready", body = V2Error)),
+    security((), ("bearer" = [])))]
+pub async fn ready_version(
+    state: State<AppState>,
+    path: Path<ModelPath>,
+) -> Result<StatusCode, ApiError> {
+    ready(state, path).await
+}
+
+/// Configuration of one version.
+#[utoipa::path(get, operation_id = "v2_config_version", path = "/models/{model}/versions/{version}/config", tag = "kserve-v2", params(ModelVersionName),
+    responses((status = 200, description = "Model configuration", body = Object),
+        (status = 404, description = "Unknown model or version", body = V2Error)),
+    security((), ("bearer" = [])))]
+pub async fn config_version(
+    state: State<AppState>,
+    path: Path<ModelPath>,
+) -> Result<Json<Value>, ApiError> {
+    config(state, path).await
+}
+
+/// Statistics of one version.
+#[utoipa::path(get, operation_id = "v2_statistics_version", path = "/models/{model}/versions/{version}/stats", tag = "kserve-v2", params(ModelVersionName),
+    responses((status = 200, description = "Statistics", body = Object),
+        (status = 404, description = "Unknown model or version", body = V2Error)),
+    security((), ("bearer" = [])))]
+pub async fn statistics_version(
+    state: State<AppState>,
+    path: Path<ModelPath>,
+) -> Result<Json<Value>, ApiError> {
+    statistics(state, path).await
 }
