@@ -3,8 +3,12 @@
 pub mod conv;
 pub mod data;
 pub mod layers;
+pub mod model_dir;
+pub mod onnx;
+pub mod optim;
 pub mod params;
 pub mod resnet;
+pub mod trainer;
 
 /// Everything that can go wrong while building, training or exporting a model.
 #[derive(Debug, thiserror::Error)]

@@ -215,7 +215,10 @@ pub fn batch(
             return Err(TrainError::Data(format!("image {index} out of range")));
         };
         let (dy, dx) = if pad > 0 {
-            (rng.random_range(-pad..=pad) as isize, rng.random_range(-pad..=pad) as isize)
+            (
+                rng.random_range(-pad..=pad) as isize,
+                rng.random_range(-pad..=pad) as isize,
+            )
         } else {
             (0, 0)
         };
