@@ -28,6 +28,33 @@ enum Command {
     Train(TrainArgs),
     /// Write a model directory (ONNX, config, labels, golden file, card).
     Export(ExportArgs),
+    /// Time training steps on random data (forward, backward, update).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Architecture.
+    #[arg(long, default_value = "resnet20")]
+    arch: Arch,
+    /// Input channels.
+    #[arg(long, default_value = "1")]
+    channels: usize,
+    /// Input side.
+    #[arg(long, default_value = "28")]
+    input: usize,
+    /// Classes.
+    #[arg(long, default_value = "10")]
+    classes: usize,
+    /// Images per step.
+    #[arg(long, default_value = "128")]
+    batch_size: usize,
+    /// Timed steps.
+    #[arg(long, default_value = "5")]
+    steps: usize,
+    /// Use candle's conv2d and its conv_transpose2d backward (the baseline).
+    #[arg(long)]
+    candle_conv: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,6 +197,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train(args),
         Command::Export(args) => export(args),
+        Command::Bench(args) => bench(args),
     }
 }
 
@@ -400,6 +428,29 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
         "wrote {} (test accuracy {})",
         args.output.display(),
         accuracy.map_or("not measured".into(), |a| format!("{:.2}%", a * 100.0))
+    );
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    resnet_serve::train::conv::use_candle_conv(args.candle_conv);
+    let mut params = Params::new(Device::Cpu, 0);
+    let model = ResNet::new(args.arch, args.channels, args.classes, &mut params)?;
+    let dims = [args.channels, args.input, args.input];
+    let times = trainer::benchmark(&model, &params, dims, args.batch_size, args.steps)?;
+    let conv = if args.candle_conv {
+        "candle conv2d"
+    } else {
+        "gemm conv2d"
+    };
+    println!(
+        "{} {dims:?} batch {} ({conv}): forward {:.3} s, backward {:.3} s, update {:.3} s per step; {:.1} images/s",
+        args.arch,
+        args.batch_size,
+        times.forward,
+        times.backward,
+        times.update,
+        times.images_per_second
     );
     Ok(())
 }

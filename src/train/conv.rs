@@ -5,8 +5,23 @@
 //! gradient, weight gradient) are single large matrix multiplications per image, and the batch
 //! is split across threads with rayon.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+/// Whether training convolutions use candle's own conv2d (for before/after benchmarks).
+static CANDLE_BACKWARD: AtomicBool = AtomicBool::new(false);
+
+/// Selects candle's conv2d (and its `conv_transpose2d` backward) instead of the gemm op.
+pub fn use_candle_conv(enabled: bool) {
+    CANDLE_BACKWARD.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether [`use_candle_conv`] is in effect.
+pub fn uses_candle_conv() -> bool {
+    CANDLE_BACKWARD.load(Ordering::Relaxed)
+}
 
 /// Geometry of one convolution: `[N, C, H, W] * [K, C, KH, KW] -> [N, K, OH, OW]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

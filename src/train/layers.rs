@@ -1,9 +1,9 @@
 //! ResNet building blocks: convolution + batch norm, the basic block and the bottleneck.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, ModuleT};
 
 use super::TrainError;
+use super::batch_norm::BatchNorm2d;
 use super::conv;
 use super::params::Params;
 
@@ -19,7 +19,7 @@ pub struct ConvBn {
     /// Zero padding on every side.
     pub padding: usize,
     /// The batch norm (momentum 0.1, eps 1e-5); running statistics live in [`Params`].
-    pub bn: BatchNorm,
+    pub bn: BatchNorm2d,
     /// Name of the convolution, used for ONNX initialisers.
     pub name: String,
 }
@@ -37,12 +37,11 @@ impl ConvBn {
             &format!("{conv_name}.weight"),
             &[out_channels, in_channels, kernel, kernel],
         )?;
-        let bn = BatchNorm::new(
-            out_channels,
-            params.constant(&format!("{bn_name}.running_mean"), &[out_channels], 0.0)?,
-            params.constant(&format!("{bn_name}.running_var"), &[out_channels], 1.0)?,
+        let bn = BatchNorm2d::new(
             params.constant(&format!("{bn_name}.weight"), &[out_channels], 1.0)?,
             params.constant(&format!("{bn_name}.bias"), &[out_channels], 0.0)?,
+            params.constant(&format!("{bn_name}.running_mean"), &[out_channels], 0.0)?,
+            params.constant(&format!("{bn_name}.running_var"), &[out_channels], 1.0)?,
             BN_EPS,
         )?;
         Ok(Self {
@@ -57,7 +56,7 @@ impl ConvBn {
     /// Conv then BN. Training on the CPU uses the gemm convolution (fast backward); evaluation
     /// and other devices use candle's convolution.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = if train && x.device().is_cpu() {
+        let y = if train && x.device().is_cpu() && !conv::uses_candle_conv() {
             conv::conv2d(x, &self.weight, self.stride, self.padding)?
         } else {
             x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?

@@ -1,5 +1,6 @@
 //! The trainer: ResNets in candle, datasets, training loop and ONNX export.
 
+pub mod batch_norm;
 pub mod conv;
 pub mod data;
 pub mod layers;

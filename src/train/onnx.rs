@@ -122,12 +122,7 @@ impl Graph {
         let vector = |tensor: &Tensor| -> Result<Vec<f64>, TrainError> {
             Ok(tensor.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
         };
-        let Some((gamma, beta)) = layer.bn.weight_and_bias() else {
-            return Err(TrainError::Export(format!(
-                "{}: batch norm without affine",
-                layer.name
-            )));
-        };
+        let (gamma, beta) = layer.bn.weight_and_bias();
         let (gamma, beta) = (vector(gamma)?, vector(beta)?);
         let (mean, var) = (
             vector(layer.bn.running_mean())?,
