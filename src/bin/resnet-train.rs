@@ -7,6 +7,7 @@ use candle_core::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use resnet_serve::train::card::{CardFacts, model_card};
 use resnet_serve::train::data::{self, Augment, Dataset, Normalization};
 use resnet_serve::train::model_dir::{self, Golden, ModelDirSpec};
 use resnet_serve::train::optim::{Sgd, load_checkpoint};
@@ -179,6 +180,9 @@ struct ExportArgs {
     /// Mark the model as the server's default.
     #[arg(long)]
     default: bool,
+    /// Training command for the card when no train-summary.json sits next to the checkpoint.
+    #[arg(long)]
+    train_command: Option<String>,
     /// Skip measuring test accuracy for the model card.
     #[arg(long)]
     skip_eval: bool,
@@ -279,7 +283,27 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     };
     let augment = Augment::standard(train_set.dims[2]);
     let validation = val_set.as_ref().unwrap_or(&test_set);
-    let reports = trainer::train(
+    let summary_path = args
+        .checkpoint_dir
+        .as_ref()
+        .map(|dir| dir.join("train-summary.json"));
+    let mut summary = summary_path
+        .as_deref()
+        .and_then(TrainSummary::read)
+        .unwrap_or(TrainSummary {
+            command: command.clone(),
+            arch: args.arch.to_string(),
+            dataset: dataset_name.into(),
+            epochs: args.epochs,
+            test_accuracy: None,
+            images_per_second: 0.0,
+            date: model_dir::today(),
+            reports: Vec::new(),
+        });
+    summary.command = command;
+    summary.epochs = args.epochs;
+    let mut write_error = None;
+    trainer::train(
         &model,
         &params,
         &train_set,
@@ -298,32 +322,26 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
                 lr = report.lr,
                 "epoch done"
             );
+            summary.record(report);
+            if let Some(path) = &summary_path
+                && let Err(error) = summary.write(path)
+            {
+                write_error = Some(error);
+            }
         },
     )?;
+    if let Some(error) = write_error {
+        return Err(error.into());
+    }
     let test_accuracy = trainer::evaluate(&model, &test_set, &normalization, &device)?;
     tracing::info!(
         test_accuracy,
         "final test accuracy ({} images)",
         test_set.len()
     );
-    if let Some(dir) = &args.checkpoint_dir {
-        let rates: Vec<f64> = reports
-            .iter()
-            .map(|report| report.images_per_second)
-            .collect();
-        let summary = TrainSummary {
-            command,
-            arch: args.arch.to_string(),
-            dataset: dataset_name.into(),
-            epochs: args.epochs,
-            test_accuracy,
-            images_per_second: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
-            date: model_dir::today(),
-            reports,
-        };
-        let path = dir.join("train-summary.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
-            .with_context(|| path.display().to_string())?;
+    summary.test_accuracy = Some(test_accuracy);
+    if let Some(path) = &summary_path {
+        summary.write(path)?;
     }
     println!("test accuracy: {:.2}%", test_accuracy * 100.0);
     Ok(())
@@ -401,16 +419,18 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
     };
     let summary = read_summary(checkpoint);
     let side = test_set.dims[2];
-    let card = card(
-        &args,
-        &params,
-        dataset_name,
-        progress.epoch,
-        accuracy,
-        summary.as_ref(),
-        &test_set,
-        &normalization,
-    );
+    let card = model_card(&CardFacts {
+        arch: args.arch,
+        parameters: params.parameter_count(),
+        dataset: dataset_name,
+        epochs: progress.epoch,
+        test_accuracy: accuracy,
+        summary: summary.as_ref(),
+        train_command: args.train_command.as_deref(),
+        test_set: &test_set,
+        normalization: &normalization,
+        export_command: &std::env::args().collect::<Vec<_>>().join(" "),
+    });
     let spec = ModelDirSpec {
         input_dims: test_set.dims,
         resize_shorter: side as u32,
@@ -456,66 +476,5 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn read_summary(checkpoint: &Path) -> Option<TrainSummary> {
-    let path = checkpoint.parent()?.join("train-summary.json");
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-}
-
-#[allow(clippy::too_many_arguments, reason = "one card, many facts")]
-fn card(
-    args: &ExportArgs,
-    params: &Params,
-    dataset: &str,
-    epochs: usize,
-    accuracy: Option<f64>,
-    summary: Option<&TrainSummary>,
-    test_set: &Dataset,
-    normalization: &Normalization,
-) -> String {
-    let [channels, height, width] = test_set.dims;
-    let accuracy = accuracy.map_or("not measured".into(), |a| {
-        format!(
-            "{:.2} % ({} test images, eval mode)",
-            a * 100.0,
-            test_set.len()
-        )
-    });
-    let command = summary.map_or(
-        "(no train-summary.json next to the checkpoint)".into(),
-        |s| s.command.clone(),
-    );
-    let speed = summary.map_or("unknown".into(), |s| {
-        format!(
-            "{:.0} images/s (mean over the last invocation's epochs)",
-            s.images_per_second
-        )
-    });
-    let fashion = if dataset == "Fashion-MNIST" {
-        "\n## Inputs it expects\n\nFashion-MNIST items: a single light garment or shoe, centred, on a black background, \
-         28×28 grayscale (larger images are resized to 28 on the shorter side and centre-cropped). Photos of \
-         clothes on light backgrounds are out of distribution: invert and crop them first.\n"
-    } else {
-        ""
-    };
-    format!(
-        "# {arch} on {dataset}\n\n\
-         - Architecture: {arch} (He et al. 2015; option B 1×1 projection shortcuts for CIFAR-style depths), \
-         {parameters} parameters, batch norm folded into the convolutions in the ONNX graph.\n\
-         - Input: `input` [N, {channels}, {height}, {width}] float32, `/255` then mean {mean:?} std {std:?}; \
-         output: `logits` [N, {classes}].\n\
-         - Data: {dataset}, {test} test images; training used random crop with padding and horizontal flips.\n\
-         - Trained: {epochs} epochs, SGD momentum 0.9, weight decay 1e-4 (conv/linear weights only), batch 128.\n\
-         - Test accuracy: {accuracy}.\n\
-         - Training speed: {speed} on the CPU it was trained on.\n\
-         - Command: `{command}`\n\
-         - Export: `{export}`\n\
-         - Date: {date}\n{fashion}",
-        arch = args.arch,
-        parameters = params.parameter_count(),
-        mean = normalization.mean,
-        std = normalization.std,
-        classes = test_set.classes.len(),
-        test = test_set.len(),
-        export = std::env::args().collect::<Vec<_>>().join(" "),
-        date = model_dir::today(),
-    )
+    TrainSummary::read(&checkpoint.parent()?.join("train-summary.json"))
 }

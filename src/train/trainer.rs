@@ -343,14 +343,40 @@ pub struct TrainSummary {
     pub dataset: String,
     /// Epochs trained.
     pub epochs: usize,
-    /// Final eval-mode test accuracy.
-    pub test_accuracy: f64,
-    /// Mean training throughput over the epochs of this invocation.
+    /// Final eval-mode test accuracy (absent while the run is in progress).
+    pub test_accuracy: Option<f64>,
+    /// Mean training throughput over the reported epochs.
     pub images_per_second: f64,
     /// UTC date the run finished.
     pub date: String,
-    /// Per-epoch reports of this invocation.
+    /// Per-epoch reports, across resumed invocations.
     pub reports: Vec<EpochReport>,
+}
+
+impl TrainSummary {
+    /// Adds `report`, replacing any earlier report of the same epoch, and updates the mean speed.
+    pub fn record(&mut self, report: &EpochReport) {
+        self.reports.retain(|old| old.epoch < report.epoch);
+        self.reports.push(report.clone());
+        let rates: Vec<f64> = self
+            .reports
+            .iter()
+            .map(|report| report.images_per_second)
+            .collect();
+        self.images_per_second = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+        self.date = super::model_dir::today();
+    }
+
+    /// Reads `path`, if it exists and parses.
+    pub fn read(path: &std::path::Path) -> Option<Self> {
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    }
+
+    /// Writes `path` as pretty JSON.
+    pub fn write(&self, path: &std::path::Path) -> Result<(), TrainError> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text).map_err(|source| TrainError::io(path, source))
+    }
 }
 
 #[cfg(test)]
