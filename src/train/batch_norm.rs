@@ -297,7 +297,7 @@ impl BatchNorm2d {
         Ok(y)
     }
 
-    /// Tensor-op batch norm: eval mode, or training off the CPU (statistics not tracked there).
+    /// Tensor-op batch norm: eval mode, or training off the CPU (running statistics updated here).
     fn forward_with(&self, x: &Tensor, mean: &Tensor, var: &Tensor, train: bool) -> Result<Tensor> {
         let shape = (1, self.weight.elem_count(), 1, 1);
         let (mean, var) = if train {
@@ -308,6 +308,17 @@ impl BatchNorm2d {
                 .mean_keepdim(0)?
                 .mean_keepdim(2)?
                 .mean_keepdim(3)?;
+            if !x.device().is_cpu() {
+                // Off the CPU the fused op is unavailable: update the running statistics here.
+                let count = (x.elem_count() / self.weight.elem_count().max(1)) as f64;
+                let unbiased = (var.flatten_all()?.detach() * (count / (count - 1.0).max(1.0)))?;
+                let m = self.momentum;
+                let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))?
+                    + (mean.flatten_all()?.detach() * m)?)?;
+                let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+                self.running_mean.set(&new_mean)?;
+                self.running_var.set(&new_var)?;
+            }
             (mean, var)
         } else {
             (mean.detach().reshape(shape)?, var.detach().reshape(shape)?)
