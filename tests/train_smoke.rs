@@ -78,7 +78,10 @@ fn trains_resumes_and_exports_a_model_onnx_runtime_agrees_with() {
         .chain(&rest)
         .map(|report| report.loss)
         .collect();
-    assert!(losses[3] < losses[0] * 0.9 && losses[3] < losses[1], "loss did not fall: {losses:?}");
+    assert!(
+        losses[3] < losses[0] * 0.9 && losses[3] < losses[1],
+        "loss did not fall: {losses:?}"
+    );
 
     let output = runs.path().join("fashion-resnet20");
     let spec = ModelDirSpec {
