@@ -59,7 +59,6 @@ fn card_accuracy() -> f64 {
         .split("Test accuracy:")
         .nth(1)
         .unwrap()
-        .trim()
         .split_whitespace()
         .next()
         .unwrap();
