@@ -457,7 +457,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut params = Params::new(Device::Cpu, 0);
     let model = ResNet::new(args.arch, args.channels, args.classes, &mut params)?;
     let dims = [args.channels, args.input, args.input];
-    let times = trainer::benchmark(&model, &params, dims, args.batch_size, args.steps)?;
+    let times =
+        resnet_serve::train::bench::benchmark(&model, &params, dims, args.batch_size, args.steps)?;
     let conv = if args.candle_conv {
         "candle conv2d"
     } else {

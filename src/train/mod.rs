@@ -1,6 +1,7 @@
 //! The trainer: ResNets in candle, datasets, training loop and ONNX export.
 
 pub mod batch_norm;
+pub mod bench;
 pub mod card;
 pub mod conv;
 pub mod data;
