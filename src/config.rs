@@ -178,6 +178,18 @@ pub struct LifecycleConfig {
     #[arg(long, env = "RESNET_SERVE_EXIT_ON_ERROR", default_value = "true", action = clap::ArgAction::Set)]
     pub exit_on_error: bool,
 
+    /// Allow loading and unloading models on request (KServe V2 repository API).
+    #[arg(long, env = "RESNET_SERVE_ENABLE_MODEL_CONTROL")]
+    pub enable_model_control: bool,
+
+    /// Reload models whose versions changed on disk every this many seconds (0 = off).
+    #[arg(
+        long,
+        env = "RESNET_SERVE_REPOSITORY_POLL_SECONDS",
+        default_value = "0"
+    )]
+    pub repository_poll_seconds: u64,
+
     /// After SIGTERM, seconds to keep accepting while load balancers stop sending.
     #[arg(long, env = "RESNET_SERVE_DRAIN_SECONDS", default_value = "5")]
     pub drain_seconds: u64,

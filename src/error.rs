@@ -80,6 +80,14 @@ pub enum ServiceError {
     /// The server is draining or the model is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A model load requested through model control failed; versions already serving stay.
+    #[error("failed to load model `{model}`: {reason}")]
+    LoadFailed {
+        /// Model name.
+        model: String,
+        /// What went wrong, per version.
+        reason: String,
+    },
     /// A bug or a runtime failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -112,6 +120,7 @@ impl ServiceError {
             Self::QueueFull { .. } => "queue_full",
             Self::DeadlineExceeded { .. } => "deadline_exceeded",
             Self::ShuttingDown => "unavailable",
+            Self::LoadFailed { .. } => "load_failed",
             Self::Internal(_) => "internal",
         }
     }

@@ -11,7 +11,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::ort as ort_backend;
-use crate::batcher::Batcher;
 use crate::config::ServeConfig;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -64,15 +63,15 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         defaults: config.server_defaults(),
         allow_cpu_fallback: config.runtime.allow_cpu_fallback,
         intra_op_threads: config.runtime.intra_op_threads,
+        model_control: config.lifecycle.enable_model_control,
     };
-    let (registry, batchers) = registry::load(&options, &pool, &metrics)
+    let registry = registry::load(&options, &pool, &metrics)
         .await
         .map_err(anyhow::Error::msg)?;
     let registry = Arc::new(registry);
     if let Some(failure) = registry.first_failure() {
         if config.lifecycle.exit_on_error {
-            registry.unload_all();
-            stop_batchers(batchers).await;
+            registry.shutdown().await;
             anyhow::bail!("{failure} (pass --exit-on-error=false to serve the other models)");
         }
         tracing::warn!(%failure, "serving without this model (--exit-on-error=false)");
@@ -160,11 +159,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         },
         state,
         (grpc_routes, health),
-        batchers,
         shutdown.clone(),
         Timeouts {
             drain: Duration::from_secs(config.lifecycle.drain_seconds),
             shutdown: Duration::from_secs(config.lifecycle.shutdown_timeout_seconds),
+            poll: Duration::from_secs(config.lifecycle.repository_poll_seconds),
         },
     ));
     Ok(RunningServer {
@@ -187,13 +186,14 @@ struct Listeners {
 struct Timeouts {
     drain: Duration,
     shutdown: Duration,
+    /// Repository poll interval; zero = off.
+    poll: Duration,
 }
 
 async fn serve(
     listeners: Listeners,
     state: AppState,
     (grpc_routes, health): (tonic::service::Routes, tonic_health::server::HealthReporter),
-    batchers: Vec<Batcher>,
     shutdown: CancellationToken,
     timeouts: Timeouts,
 ) -> anyhow::Result<()> {
@@ -236,6 +236,7 @@ async fn serve(
             .into_future(),
     );
 
+    let poller = spawn_poller(classifier.clone(), timeouts.poll);
     tokio::select! {
         () = shutdown.cancelled() => {}
         result = &mut http_task => {
@@ -266,9 +267,8 @@ async fn serve(
             Err(_) => tracing::warn!("shutdown timeout reached with gRPC calls still in flight"),
         }
     }
-    classifier.registry().unload_all();
-    drop(classifier);
-    stop_batchers(batchers).await;
+    poller.abort();
+    classifier.registry().shutdown().await;
     metrics_stop.cancel();
     metrics_task
         .await
@@ -293,8 +293,17 @@ fn by_content_type(rest: axum::Router, grpc: axum::Router) -> axum::Router {
     axum::Router::new().fallback_service(dispatch)
 }
 
-async fn stop_batchers(batchers: Vec<Batcher>) {
-    for batcher in batchers {
-        batcher.shutdown().await;
-    }
+/// With `--repository-poll-seconds`, reloads what changed in the repository periodically.
+fn spawn_poller(classifier: Arc<Classifier>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if every.is_zero() {
+            return;
+        }
+        let mut ticks = tokio::time::interval(every);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            classifier.registry().poll().await;
+        }
+    })
 }

@@ -1,6 +1,6 @@
 //! KServe V2 over gRPC: Triton's `inference.GRPCInferenceService` on the shared V2 logic in
 //! `crate::kserve`. Errors map through `status::status`; shared memory, tracing and logging
-//! settings answer UNIMPLEMENTED, and so do model load/unload (no model control yet).
+//! settings answer UNIMPLEMENTED, and so do model load/unload without `--enable-model-control`.
 
 mod convert;
 
@@ -264,16 +264,32 @@ impl GrpcInferenceService for KserveApi {
 
     async fn repository_model_load(
         &self,
-        _request: Request<RepositoryModelLoadRequest>,
+        request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        Err(model_control_disabled())
+        let registry = self.classifier.registry();
+        if !registry.model_control() {
+            return Err(model_control_disabled());
+        }
+        registry
+            .load_model(&request.into_inner().model_name)
+            .await
+            .map_err(|error| status(&error))?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _request: Request<RepositoryModelUnloadRequest>,
+        request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        Err(model_control_disabled())
+        let registry = self.classifier.registry();
+        if !registry.model_control() {
+            return Err(model_control_disabled());
+        }
+        registry
+            .unload_model(&request.into_inner().model_name)
+            .await
+            .map_err(|error| status(&error))?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 
     async fn system_shared_memory_status(
@@ -335,9 +351,9 @@ impl GrpcInferenceService for KserveApi {
     }
 }
 
-/// Load and unload need model control, which this server does not offer yet.
+/// Load and unload need `--enable-model-control`.
 fn model_control_disabled() -> Status {
     Status::unimplemented(
-        "model control (load/unload) is not available; models are loaded from the repository at start-up",
+        "model control is off; start the server with --enable-model-control to load and unload models",
     )
 }

@@ -13,7 +13,8 @@ pub fn status(error: &ServiceError) -> Status {
         ServiceError::NoImages
         | ServiceError::InvalidTopK { .. }
         | ServiceError::InvalidPriority { .. }
-        | ServiceError::InvalidTensor(_) => Code::InvalidArgument,
+        | ServiceError::InvalidTensor(_)
+        | ServiceError::LoadFailed { .. } => Code::InvalidArgument,
         ServiceError::Image { source, .. } => match source {
             PreprocessError::Internal(_) => Code::Internal,
             PreprocessError::NoData

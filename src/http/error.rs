@@ -169,7 +169,8 @@ fn service_status(error: &ServiceError) -> StatusCode {
         ServiceError::NoImages
         | ServiceError::InvalidTopK { .. }
         | ServiceError::InvalidPriority { .. }
-        | ServiceError::InvalidTensor(_) => StatusCode::BAD_REQUEST,
+        | ServiceError::InvalidTensor(_)
+        | ServiceError::LoadFailed { .. } => StatusCode::BAD_REQUEST,
         ServiceError::Image { source, .. } => image_status(source),
         ServiceError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
         ServiceError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -157,6 +157,7 @@ impl Classifier {
             | ServiceError::QueueFull { .. }
             | ServiceError::DeadlineExceeded { .. }
             | ServiceError::ShuttingDown
+            | ServiceError::LoadFailed { .. }
             | ServiceError::Internal(_) => false,
         };
         if invalid {

@@ -32,6 +32,8 @@ pub struct LoadOptions {
     pub allow_cpu_fallback: bool,
     /// `--intra-op-threads` (default: cores / instances).
     pub intra_op_threads: Option<usize>,
+    /// `--enable-model-control`: load and unload on request.
+    pub model_control: bool,
 }
 
 /// A model version that is running.
@@ -107,7 +109,18 @@ pub struct VersionEntry {
 pub struct Registry {
     default_model: String,
     models: RwLock<BTreeMap<String, BTreeMap<u64, VersionEntry>>>,
+    /// The running batcher of each loaded version; taken out to stop it.
+    batchers: std::sync::Mutex<BTreeMap<(String, u64), Batcher>>,
+    /// What loading needs: settings, the preprocessing pool (golden checks), metrics.
+    options: LoadOptions,
+    pool: PreprocessPool,
+    metrics: Arc<Metrics>,
+    /// Serialises loads and unloads, so two rollouts never interleave.
+    control: tokio::sync::Mutex<()>,
 }
+
+/// The reason recorded for a version taken out of service on purpose.
+const UNLOADED: &str = "unloaded";
 
 impl Registry {
     /// The default model's name.
@@ -202,14 +215,16 @@ impl Registry {
         }
     }
 
-    /// Strict: every version ready; otherwise at least one.
+    /// Strict: every version ready (but those unloaded on request); otherwise at least one.
     pub fn is_ready(&self, strict: bool) -> bool {
         let Ok(models) = self.models.read() else {
             return false;
         };
+        let unloaded = VersionState::Unavailable(UNLOADED.into());
         let mut states = models
             .values()
-            .flat_map(|versions| versions.values().map(|entry| &entry.state));
+            .flat_map(|versions| versions.values().map(|entry| &entry.state))
+            .filter(|state| **state != unloaded);
         if strict {
             !models.is_empty() && states.all(|state| *state == VersionState::Ready)
         } else {
@@ -232,12 +247,236 @@ impl Registry {
         })
     }
 
-    /// Marks every version unavailable (draining) and drops the batcher handles.
-    pub fn unload_all(&self) {
+    /// Marks every version unavailable and stops every batcher once the requests holding it
+    /// have finished (shutdown).
+    pub async fn shutdown(&self) {
         if let Ok(mut models) = self.models.write() {
             for entry in models.values_mut().flat_map(BTreeMap::values_mut) {
                 entry.loaded = None;
-                entry.state = VersionState::Unavailable("unloaded".into());
+                entry.state = VersionState::Unavailable(UNLOADED.into());
+            }
+        }
+        let batchers = self
+            .batchers
+            .lock()
+            .map(|mut batchers| std::mem::take(&mut *batchers))
+            .unwrap_or_default();
+        for batcher in batchers.into_values() {
+            batcher.shutdown().await;
+        }
+    }
+
+    /// Whether `--enable-model-control` allows load and unload requests.
+    pub fn model_control(&self) -> bool {
+        self.options.model_control
+    }
+
+    /// (Re)loads every version of `name` that its config serves, from the repository on disk.
+    /// Each new version is loaded, warmed up and golden-checked while the old ones keep
+    /// serving, then swapped in; versions the policy no longer serves are retired after.
+    /// On failure the versions that were serving stay in service.
+    pub async fn load_model(&self, name: &str) -> Result<(), ServiceError> {
+        let _control = self.control.lock().await;
+        let root = self.options.root.clone();
+        let dirs = tokio::task::spawn_blocking(move || repository::scan(&root))
+            .await
+            .map_err(|error| ServiceError::Internal(error.to_string()))?
+            .map_err(|error| ServiceError::Internal(error.to_string()))?;
+        let Some(dir) = dirs.iter().find(|dir| dir.name == name) else {
+            return Err(ServiceError::ModelNotFound {
+                model: name.to_string(),
+                available: dirs
+                    .iter()
+                    .map(|dir| dir.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let served = dir.served_versions();
+        if served.is_empty() {
+            let reason = dir
+                .config
+                .clone()
+                .err()
+                .unwrap_or_else(|| "no numbered version directory".into());
+            return Err(ServiceError::LoadFailed {
+                model: name.to_string(),
+                reason,
+            });
+        }
+        let mut failures = Vec::new();
+        for &version in &served {
+            match load_version(dir, version, &self.options, &self.pool, &self.metrics).await {
+                Ok((loaded, batcher)) => self.install(name, version, loaded, batcher),
+                Err(reason) => {
+                    tracing::error!(model = name, version, %reason, "model failed to load");
+                    self.record_failure(name, version, &reason);
+                    failures.push(format!("version {version}: {reason}"));
+                }
+            }
+        }
+        let current: Vec<u64> = self
+            .models
+            .read()
+            .map(|models| {
+                models
+                    .get(name)
+                    .map(|versions| versions.keys().copied().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        if !failures.is_empty() {
+            // The rollout did not complete: what was serving keeps serving.
+            return Err(ServiceError::LoadFailed {
+                model: name.to_string(),
+                reason: failures.join("; "),
+            });
+        }
+        for version in current
+            .into_iter()
+            .filter(|version| !served.contains(version))
+        {
+            self.retire(name, version);
+        }
+        Ok(())
+    }
+
+    /// Takes every version of `name` out of service; in-flight requests finish first.
+    pub async fn unload_model(&self, name: &str) -> Result<(), ServiceError> {
+        let _control = self.control.lock().await;
+        let versions: Vec<u64> = {
+            let models = self
+                .models
+                .read()
+                .map_err(|_| ServiceError::Internal("registry lock poisoned".into()))?;
+            match models.get(name) {
+                Some(versions) => versions.keys().copied().collect(),
+                None => {
+                    return Err(ServiceError::ModelNotFound {
+                        model: name.to_string(),
+                        available: models.keys().cloned().collect::<Vec<_>>().join(", "),
+                    });
+                }
+            }
+        };
+        for version in versions {
+            self.retire(name, version);
+        }
+        Ok(())
+    }
+
+    /// Puts a loaded version in service, replacing (and then stopping) any previous instance.
+    fn install(&self, name: &str, version: u64, loaded: LoadedModel, batcher: Batcher) {
+        tracing::info!(model = name, version, "model version in service");
+        let previous = self
+            .batchers
+            .lock()
+            .ok()
+            .and_then(|mut batchers| batchers.insert((name.to_string(), version), batcher));
+        if let Ok(mut models) = self.models.write() {
+            let versions = models.entry(name.to_string()).or_default();
+            // The placeholder for "no loadable version" goes once a version loads.
+            versions.retain(|number, entry| *number != 0 || entry.loaded.is_some());
+            versions.insert(
+                version,
+                VersionEntry {
+                    state: VersionState::Ready,
+                    loaded: Some(Arc::new(loaded)),
+                },
+            );
+        }
+        self.metrics
+            .model_ready
+            .with_label_values(&[name, &version.to_string()])
+            .set(1);
+        if let Some(previous) = previous {
+            tokio::spawn(previous.shutdown());
+        }
+    }
+
+    /// Records a failed load, unless that version is serving already (it keeps serving).
+    fn record_failure(&self, name: &str, version: u64, reason: &str) {
+        if let Ok(mut models) = self.models.write() {
+            let versions = models.entry(name.to_string()).or_default();
+            let serving = versions
+                .get(&version)
+                .is_some_and(|entry| entry.state == VersionState::Ready);
+            if !serving {
+                versions.insert(
+                    version,
+                    VersionEntry {
+                        state: VersionState::Unavailable(reason.to_string()),
+                        loaded: None,
+                    },
+                );
+                self.metrics
+                    .model_ready
+                    .with_label_values(&[name, &version.to_string()])
+                    .set(0);
+            }
+        }
+    }
+
+    /// Takes one version out of service and stops its batcher once its requests are done.
+    fn retire(&self, name: &str, version: u64) {
+        tracing::info!(model = name, version, "model version unloaded");
+        if let Ok(mut models) = self.models.write() {
+            if let Some(entry) = models
+                .get_mut(name)
+                .and_then(|versions| versions.get_mut(&version))
+            {
+                entry.loaded = None;
+                entry.state = VersionState::Unavailable(UNLOADED.into());
+            }
+        }
+        self.metrics
+            .model_ready
+            .with_label_values(&[name, &version.to_string()])
+            .set(0);
+        let batcher = self
+            .batchers
+            .lock()
+            .ok()
+            .and_then(|mut batchers| batchers.remove(&(name.to_string(), version)));
+        if let Some(batcher) = batcher {
+            tokio::spawn(batcher.shutdown());
+        }
+    }
+
+    /// Reloads what changed on disk: models whose served versions differ from those in
+    /// service, new model directories; unloads models whose directory is gone.
+    pub async fn poll(&self) {
+        let root = self.options.root.clone();
+        let Ok(Ok(dirs)) = tokio::task::spawn_blocking(move || repository::scan(&root)).await
+        else {
+            tracing::warn!("repository poll: cannot scan the repository");
+            return;
+        };
+        let in_service: BTreeMap<String, Vec<u64>> = self
+            .snapshot()
+            .into_iter()
+            .map(|(name, versions)| {
+                let ready = versions
+                    .into_iter()
+                    .filter(|(_, entry)| entry.state == VersionState::Ready)
+                    .map(|(v, _)| v)
+                    .collect();
+                (name, ready)
+            })
+            .collect();
+        for dir in &dirs {
+            if in_service.get(&dir.name) != Some(&dir.served_versions()) {
+                if let Err(error) = self.load_model(&dir.name).await {
+                    tracing::warn!(model = %dir.name, %error, "repository poll: load failed");
+                }
+            }
+        }
+        for name in in_service
+            .keys()
+            .filter(|name| !dirs.iter().any(|dir| &dir.name == *name))
+        {
+            if let Err(error) = self.unload_model(name).await {
+                tracing::warn!(model = %name, %error, "repository poll: unload failed");
             }
         }
     }
@@ -249,11 +488,11 @@ pub async fn load(
     options: &LoadOptions,
     pool: &PreprocessPool,
     metrics: &Arc<Metrics>,
-) -> Result<(Registry, Vec<Batcher>), String> {
+) -> Result<Registry, String> {
     let dirs = repository::scan(&options.root).map_err(|error| error.to_string())?;
     let default_model = repository::default_model(&dirs, options.default_model.as_deref())?;
     let mut models = BTreeMap::new();
-    let mut batchers = Vec::new();
+    let mut batchers = BTreeMap::new();
     for dir in &dirs {
         let mut versions = BTreeMap::new();
         let served = dir.served_versions();
@@ -275,7 +514,7 @@ pub async fn load(
             let started = Instant::now();
             let entry = match load_version(dir, version, options, pool, metrics).await {
                 Ok((loaded, batcher)) => {
-                    batchers.push(batcher);
+                    batchers.insert((dir.name.clone(), version), batcher);
                     tracing::info!(
                         model = %dir.name, version, device = %loaded.device,
                         seconds = started.elapsed().as_secs_f64(), "model ready"
@@ -305,13 +544,15 @@ pub async fn load(
         }
         models.insert(dir.name.clone(), versions);
     }
-    Ok((
-        Registry {
-            default_model,
-            models: RwLock::new(models),
-        },
-        batchers,
-    ))
+    Ok(Registry {
+        default_model,
+        models: RwLock::new(models),
+        batchers: std::sync::Mutex::new(batchers),
+        options: options.clone(),
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+        control: tokio::sync::Mutex::new(()),
+    })
 }
 
 async fn load_version(

@@ -7,7 +7,7 @@ pub mod model;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -111,27 +111,52 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Model control: 501 until the server offers it (gRPC answers UNIMPLEMENTED alike).
+/// Loads (or reloads) a model from the repository; with `--enable-model-control` only. New
+/// versions are warmed up and checked before they replace the ones serving.
 #[utoipa::path(post, operation_id = "v2_model_load", path = "/repository/models/{model}/load", tag = "kserve-v2",
     params(("model" = String, Path, description = "Model name")),
-    responses((status = 501, description = "Model control is not available", body = V2Error)),
+    responses(
+        (status = 200, description = "Loaded and serving"),
+        (status = 400, description = "The model failed to load (versions serving before stay)", body = V2Error),
+        (status = 404, description = "No such model directory", body = V2Error),
+        (status = 501, description = "Model control is off", body = V2Error),
+    ),
     security((), ("bearer" = [])))]
-async fn model_load() -> Response {
-    model_control()
+async fn model_load(State(state): State<AppState>, Path(model): Path<String>) -> Response {
+    let registry = state.classifier.registry();
+    if !registry.model_control() {
+        return model_control_disabled();
+    }
+    match registry.load_model(&model).await {
+        Ok(()) => axum::Json(json!({})).into_response(),
+        Err(error) => super::error::ApiError::Service(error).into_response(),
+    }
 }
 
-/// Model control: 501 until the server offers it (gRPC answers UNIMPLEMENTED alike).
+/// Unloads every version of a model; with `--enable-model-control` only. Requests in flight
+/// finish first.
 #[utoipa::path(post, operation_id = "v2_model_unload", path = "/repository/models/{model}/unload", tag = "kserve-v2",
     params(("model" = String, Path, description = "Model name")),
-    responses((status = 501, description = "Model control is not available", body = V2Error)),
+    responses(
+        (status = 200, description = "Unloaded"),
+        (status = 404, description = "Unknown model", body = V2Error),
+        (status = 501, description = "Model control is off", body = V2Error),
+    ),
     security((), ("bearer" = [])))]
-async fn model_unload() -> Response {
-    model_control()
+async fn model_unload(State(state): State<AppState>, Path(model): Path<String>) -> Response {
+    let registry = state.classifier.registry();
+    if !registry.model_control() {
+        return model_control_disabled();
+    }
+    match registry.unload_model(&model).await {
+        Ok(()) => axum::Json(json!({})).into_response(),
+        Err(error) => super::error::ApiError::Service(error).into_response(),
+    }
 }
 
-fn model_control() -> Response {
+fn model_control_disabled() -> Response {
     let body = json!({
-        "error": "model control (load/unload) is not available; models are loaded from the repository at start-up"
+        "error": "model control is off; start the server with --enable-model-control to load and unload models"
     });
     (StatusCode::NOT_IMPLEMENTED, axum::Json(body)).into_response()
 }
