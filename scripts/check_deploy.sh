@@ -46,4 +46,8 @@ fi
 
 timeout 120 python3 deploy/ci/check_manifests.py --kubectl "$(command -v kubectl)" --server-bin "$server"
 timeout 180 python3 deploy/ci/runtime_contract.py --server-bin "$server" --ort-lib "$ort_lib"
+# The real server started with the rendered cpu overlay's args + ConfigMap: probes, Service
+# ports, grace period, and the dashboard's and alerts' metrics against its /metrics.
+timeout 150 python3 deploy/ci/probes_match_server.py --kubectl "$(command -v kubectl)" \
+  --server-bin "$server" --ort-lib "$ort_lib"
 echo "check_deploy: all deployment checks pass" >&2
