@@ -420,14 +420,13 @@ impl Registry {
     /// Takes one version out of service and stops its batcher once its requests are done.
     fn retire(&self, name: &str, version: u64) {
         tracing::info!(model = name, version, "model version unloaded");
-        if let Ok(mut models) = self.models.write() {
-            if let Some(entry) = models
+        if let Ok(mut models) = self.models.write()
+            && let Some(entry) = models
                 .get_mut(name)
                 .and_then(|versions| versions.get_mut(&version))
-            {
-                entry.loaded = None;
-                entry.state = VersionState::Unavailable(UNLOADED.into());
-            }
+        {
+            entry.loaded = None;
+            entry.state = VersionState::Unavailable(UNLOADED.into());
         }
         self.metrics
             .model_ready
@@ -465,10 +464,10 @@ impl Registry {
             })
             .collect();
         for dir in &dirs {
-            if in_service.get(&dir.name) != Some(&dir.served_versions()) {
-                if let Err(error) = self.load_model(&dir.name).await {
-                    tracing::warn!(model = %dir.name, %error, "repository poll: load failed");
-                }
+            if in_service.get(&dir.name) != Some(&dir.served_versions())
+                && let Err(error) = self.load_model(&dir.name).await
+            {
+                tracing::warn!(model = %dir.name, %error, "repository poll: load failed");
             }
         }
         for name in in_service
