@@ -401,3 +401,37 @@ async fn health_reflection_api_key_and_single_port() {
     assert_eq!(response.status(), 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_not_serving_when_draining() {
+    let repository = Repository::new().model("slow", &slow_model_dir(), None);
+    let server = start(repository.path(), &["--drain-seconds", "2"]).await;
+    let channel = Channel::from_shared(format!("http://{}", server.server.grpc_address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = |service: &str| tonic_health::pb::HealthCheckRequest {
+        service: service.into(),
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let status = health.check(check("")).await.unwrap().into_inner().status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    server.server.shutdown();
+    let mut status = ServingStatus::Serving as i32;
+    for _ in 0..100 {
+        status = health
+            .check(check("resnet.v1.ClassifyService"))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    server.server.wait().await.unwrap();
+}
