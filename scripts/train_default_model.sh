@@ -25,6 +25,9 @@ case "${1:-status}" in
     cp "$target_dir/debug/resnet-train" "$binary"
     setsid nohup nice -n 19 "$binary" train "${train_args[@]}" >>"$run_dir/train.log" 2>&1 </dev/null &
     echo $! >"$run_dir/train.pid"
+    # setsid gives the run its own scheduler autogroup, where `nice` alone has no effect
+    # against other sessions' builds: lower the group's weight too.
+    echo 19 >"/proc/$(cat "$run_dir/train.pid")/autogroup" 2>/dev/null || true
     echo "training in the background (pid $(cat "$run_dir/train.pid")), log: $run_dir/train.log"
     ;;
   status)
