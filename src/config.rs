@@ -273,9 +273,28 @@ impl ServeConfig {
     }
 }
 
+/// Whether a presented API key equals `--api-key`, in time that depends only on the lengths
+/// (not on where the bytes differ).
+pub fn api_key_matches(given: &str, key: &str) -> bool {
+    given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_keys_compare_whole() {
+        assert!(api_key_matches("s3cret", "s3cret"));
+        assert!(!api_key_matches("s3cre", "s3cret"));
+        assert!(!api_key_matches("s3creT", "s3cret"));
+        assert!(!api_key_matches("", "s3cret"));
+    }
 
     #[test]
     fn defaults_match_the_design() {

@@ -101,13 +101,7 @@ pub fn check_api_key(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or_default();
-    let equal = given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if equal {
+    if crate::config::api_key_matches(given, key) {
         Ok(request)
     } else {
         Err(tonic::Status::unauthenticated(

@@ -160,16 +160,11 @@ async fn require_api_key(State(state): State<AppState>, request: Request, next: 
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .unwrap_or_default();
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+        if !crate::config::api_key_matches(given, key) {
             return ApiError::Unauthorized.into_response();
         }
     }
     next.run(request).await
-}
-
-/// Equality whose time depends only on the lengths, not on where the bytes differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Refuses a request at once when `--max-concurrent-requests` are in flight: 429, or 503
