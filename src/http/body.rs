@@ -17,17 +17,39 @@ pub struct ParsedBody {
     pub multi: bool,
 }
 
+/// After the limit, how much more of an oversized body is read and discarded, so the 413 reaches
+/// a client still sending instead of a connection reset.
+const DRAIN_BYTES: usize = 16 << 20;
+
+/// How long draining an oversized body may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reads at most `limit` bytes of `body`.
 pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let too_large = std::error::Error::source(&error)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::BodyTooLarge { limit }
-        } else {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
             ApiError::bad_request("bad_body", format!("cannot read the request body: {error}"))
+        })?;
+        if buffer.len() + chunk.len() > limit {
+            // Bounded in bytes and time: a client sending forever is cut off either way.
+            let drain = async {
+                let mut drained = 0usize;
+                while let Some(Ok(chunk)) = stream.next().await {
+                    drained += chunk.len();
+                    if drained > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(ApiError::BodyTooLarge { limit });
         }
-    })
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
 }
 
 /// The media type without parameters, lower-case.
