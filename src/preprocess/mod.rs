@@ -190,13 +190,7 @@ pub fn preprocess_encoded(
     if bytes.is_empty() {
         return Err(PreprocessError::NoData);
     }
-    let format = match sniff(bytes) {
-        Sniffed::Supported(format) => format,
-        Sniffed::Unsupported(name) => return Err(PreprocessError::UnsupportedFormat(name)),
-        Sniffed::Unknown => return Err(PreprocessError::UnknownFormat),
-    };
-    let reduce_to = spec.jpeg_dct_scaling.then_some(spec.resize_shorter);
-    let pixels = decode::decode(bytes, format, spec.color, limits, reduce_to)?;
+    let pixels = decode_pixels(bytes, spec, limits)?;
     preprocess_pixels(&pixels, spec, out)
 }
 
