@@ -88,6 +88,15 @@ pub struct NetworkConfig {
         default_value = "67108864"
     )]
     pub grpc_max_message_bytes: usize,
+
+    /// PEM certificate chain: serve REST and gRPC over TLS (with --tls-key). Metrics stay
+    /// plain text.
+    #[arg(long, env = "RESNET_SERVE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "RESNET_SERVE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// ONNX Runtime.
@@ -153,6 +162,39 @@ pub struct LimitsConfig {
     /// Largest HTTP request body in bytes.
     #[arg(long, env = "RESNET_SERVE_MAX_BODY_BYTES", default_value = "33554432")]
     pub max_body_bytes: usize,
+
+    /// Time for a whole request body to arrive; slower uploads get 408.
+    #[arg(
+        long,
+        env = "RESNET_SERVE_BODY_READ_TIMEOUT_MS",
+        default_value = "60000"
+    )]
+    pub body_read_timeout_ms: u64,
+
+    /// Open connections per listener; further clients wait in the accept backlog.
+    #[arg(long, env = "RESNET_SERVE_MAX_CONNECTIONS", default_value = "4096")]
+    pub max_connections: usize,
+
+    /// Time for a new connection's first bytes, its TLS handshake and each HTTP/1 request's
+    /// headers (an HTTP/1 connection idle this long is closed).
+    #[arg(
+        long,
+        env = "RESNET_SERVE_HEADER_READ_TIMEOUT_MS",
+        default_value = "30000"
+    )]
+    pub header_read_timeout_ms: u64,
+
+    /// Largest request head in bytes (request line and headers); HTTP/1 beyond it gets 431.
+    #[arg(long, env = "RESNET_SERVE_MAX_HEADER_BYTES", default_value = "65536")]
+    pub max_header_bytes: usize,
+
+    /// Concurrent streams (requests) per HTTP/2 connection.
+    #[arg(
+        long,
+        env = "RESNET_SERVE_MAX_CONCURRENT_STREAMS",
+        default_value = "256"
+    )]
+    pub max_concurrent_streams: u32,
 
     /// Largest image in pixels (width × height), checked before decoding.
     #[arg(
@@ -232,6 +274,13 @@ impl ServeConfig {
         if limits.max_concurrent_requests == 0 {
             return Err("--max-concurrent-requests must be at least 1".into());
         }
+        if limits.max_connections == 0
+            || limits.max_concurrent_streams == 0
+            || limits.header_read_timeout_ms == 0
+            || limits.body_read_timeout_ms == 0
+        {
+            return Err("--max-connections, --max-concurrent-streams, --header-read-timeout-ms and --body-read-timeout-ms must be positive".into());
+        }
         if limits.max_body_bytes == 0 || limits.max_image_pixels == 0 {
             return Err("--max-body-bytes and --max-image-pixels must be positive".into());
         }
@@ -261,6 +310,18 @@ impl ServeConfig {
             max_queue_size: self.batching.max_queue_size,
             request_timeout_ms: self.batching.request_timeout_ms,
             device: self.runtime.device.to_string(),
+        }
+    }
+
+    /// Limits on connections.
+    pub fn connection_limits(&self) -> crate::listen::ConnectionLimits {
+        crate::listen::ConnectionLimits {
+            max_connections: self.limits.max_connections,
+            header_read_timeout: std::time::Duration::from_millis(
+                self.limits.header_read_timeout_ms,
+            ),
+            max_header_bytes: self.limits.max_header_bytes,
+            max_concurrent_streams: self.limits.max_concurrent_streams,
         }
     }
 

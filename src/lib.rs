@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod kserve;
+pub mod listen;
 pub mod metrics;
 pub mod preprocess;
 pub mod repository;

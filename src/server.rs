@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::ort as ort_backend;
 use crate::config::ServeConfig;
 use crate::http::{self, AppState};
+use crate::listen::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::service::registry::{self, LoadOptions};
 use crate::service::{Classifier, PreprocessPool};
@@ -46,6 +47,12 @@ impl RunningServer {
 /// Loads the models and starts serving; returns once listeners are bound and models loaded.
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let tls = match (&config.network.tls_cert, &config.network.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(listen::tls_acceptor(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
     let library = ort_backend::library_path(config.runtime.ort_lib.as_deref());
     let ort_version = ort_backend::init(&library)?;
     tracing::info!(library = %library.display(), version = %ort_version, "ONNX Runtime loaded");
@@ -108,7 +115,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let state = AppState {
         classifier: classifier.clone(),
         metrics: metrics.clone(),
-        max_body_bytes: config.limits.max_body_bytes,
+        body_limits: http::body::BodyLimits {
+            max_bytes: config.limits.max_body_bytes,
+            read_timeout: Duration::from_millis(config.limits.body_read_timeout_ms),
+        },
         in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
         max_concurrent_requests: config.limits.max_concurrent_requests,
         api_key: config.limits.api_key.as_deref().map(Arc::from),
@@ -156,6 +166,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             http: http_listener,
             grpc: grpc_listener,
             metrics: metrics_listener,
+            tls,
+            limits: config.connection_limits(),
         },
         state,
         (grpc_routes, health),
@@ -181,6 +193,9 @@ struct Listeners {
     /// `None` in single-port mode.
     grpc: Option<TcpListener>,
     metrics: TcpListener,
+    /// `--tls-cert`/`--tls-key` for REST and gRPC.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: ConnectionLimits,
 }
 
 struct Timeouts {
@@ -201,19 +216,26 @@ async fn serve(
     let classifier = state.classifier.clone();
     let metrics = state.metrics.clone();
     let rest = http::router(state);
+    let serve_on = |listener, app, tls, stop: &CancellationToken| {
+        tokio::spawn(listen::serve(
+            listener,
+            app,
+            tls,
+            listeners.limits.clone(),
+            stop.clone(),
+        ))
+    };
     let (app, grpc_task) = match listeners.grpc {
         None => (by_content_type(rest, grpc_routes.into_axum_router()), None),
         // Served by the same hyper stack as REST (h2c), so the request deadline from
         // `grpc-timeout` is enforced by the batcher and answered DEADLINE_EXCEEDED.
         Some(listener) => {
-            let server = axum::serve(listener, grpc_routes.into_axum_router())
-                .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-            (rest, Some(tokio::spawn(async move { server.await })))
+            let grpc = grpc_routes.into_axum_router();
+            let task = serve_on(listener, grpc, listeners.tls.clone(), &stop_accepting);
+            (rest, Some(task))
         }
     };
-    let http = axum::serve(listeners.http, app)
-        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    let mut http_task = tokio::spawn(async move { http.await });
+    let mut http_task = serve_on(listeners.http, app, listeners.tls.clone(), &stop_accepting);
     let metrics_router = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -230,17 +252,13 @@ async fn serve(
         }),
     );
     let metrics_stop = CancellationToken::new();
-    let metrics_task = tokio::spawn(
-        axum::serve(listeners.metrics, metrics_router)
-            .with_graceful_shutdown(metrics_stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let metrics_task = serve_on(listeners.metrics, metrics_router, None, &metrics_stop);
 
     let poller = spawn_poller(classifier.clone(), timeouts.poll);
     tokio::select! {
         () = shutdown.cancelled() => {}
         result = &mut http_task => {
-            result.context("HTTP server task")?.context("HTTP server")?;
+            result.context("HTTP server task")?;
         }
     }
     tracing::info!(
@@ -254,7 +272,7 @@ async fn serve(
     stop_accepting.cancel();
     if !http_task.is_finished() {
         match tokio::time::timeout(timeouts.shutdown, &mut http_task).await {
-            Ok(result) => result.context("HTTP server task")?.context("HTTP server")?,
+            Ok(result) => result.context("HTTP server task")?,
             Err(_) => {
                 tracing::warn!("shutdown timeout reached with requests still in flight");
                 http_task.abort();
@@ -263,17 +281,14 @@ async fn serve(
     }
     if let Some(grpc_task) = grpc_task {
         match tokio::time::timeout(timeouts.shutdown, grpc_task).await {
-            Ok(result) => result.context("gRPC server task")?.context("gRPC server")?,
+            Ok(result) => result.context("gRPC server task")?,
             Err(_) => tracing::warn!("shutdown timeout reached with gRPC calls still in flight"),
         }
     }
     poller.abort();
     classifier.registry().shutdown().await;
     metrics_stop.cancel();
-    metrics_task
-        .await
-        .context("metrics task")?
-        .context("metrics server")?;
+    metrics_task.await.context("metrics task")?;
     tracing::info!("stopped");
     Ok(())
 }

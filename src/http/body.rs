@@ -1,5 +1,7 @@
 //! Turns a `/classify` request body (raw image, multipart or JSON base64) into images.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::HeaderMap;
@@ -24,8 +26,25 @@ const DRAIN_BYTES: usize = 16 << 20;
 /// How long draining an oversized body may take.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reads at most `limit` bytes of `body`.
-pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// `--max-body-bytes` and `--body-read-timeout-ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Largest body.
+    pub max_bytes: usize,
+    /// Time for the whole body to arrive.
+    pub read_timeout: Duration,
+}
+
+/// Reads at most `limits.max_bytes` of `body`, within `limits.read_timeout`.
+pub async fn read_limited(body: Body, limits: BodyLimits) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(limits.read_timeout, read_at_most(body, limits.max_bytes))
+        .await
+        .map_err(|_| ApiError::BodyTimeout {
+            timeout_ms: limits.read_timeout.as_millis(),
+        })?
+}
+
+async fn read_at_most(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use futures::StreamExt;
     let mut stream = body.into_data_stream();
     let mut buffer = bytes::BytesMut::new();
@@ -69,22 +88,22 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Parses a `/classify` body according to its content type.
-pub async fn parse(request: Request, limit: usize) -> Result<ParsedBody, ApiError> {
+pub async fn parse(request: Request, limits: BodyLimits) -> Result<ParsedBody, ApiError> {
     let media = media_type(request.headers());
     match media.as_deref() {
-        Some("multipart/form-data") => parse_multipart(request, limit).await,
+        Some("multipart/form-data") => parse_multipart(request, limits).await,
         Some("application/json") => {
-            let bytes = read_limited(request.into_body(), limit).await?;
+            let bytes = read_limited(request.into_body(), limits).await?;
             parse_json(&bytes)
         }
-        None | Some("application/octet-stream") => raw(request, limit).await,
-        Some(media) if media.starts_with("image/") => raw(request, limit).await,
+        None | Some("application/octet-stream") => raw(request, limits).await,
+        Some(media) if media.starts_with("image/") => raw(request, limits).await,
         Some(media) => Err(ApiError::UnsupportedContentType(media.to_string())),
     }
 }
 
-async fn raw(request: Request, limit: usize) -> Result<ParsedBody, ApiError> {
-    let bytes = read_limited(request.into_body(), limit).await?;
+async fn raw(request: Request, limits: BodyLimits) -> Result<ParsedBody, ApiError> {
+    let bytes = read_limited(request.into_body(), limits).await?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "empty_body",
@@ -97,9 +116,9 @@ async fn raw(request: Request, limit: usize) -> Result<ParsedBody, ApiError> {
     })
 }
 
-async fn parse_multipart(request: Request, limit: usize) -> Result<ParsedBody, ApiError> {
+async fn parse_multipart(request: Request, limits: BodyLimits) -> Result<ParsedBody, ApiError> {
     let (parts, body) = request.into_parts();
-    let bytes = read_limited(body, limit).await?;
+    let bytes = read_limited(body, limits).await?;
     let request = Request::from_parts(parts, Body::from(bytes));
     let bad = |message: String| ApiError::bad_request("bad_multipart", message);
     let mut multipart = Multipart::from_request(request, &())

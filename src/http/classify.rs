@@ -185,7 +185,7 @@ async fn handle(
     let headers = request.headers().clone();
     let timeout = header_number(&headers, "x-request-timeout-ms")?.map(Duration::from_millis);
     let priority = header_number(&headers, "x-priority")?;
-    let parsed = body::parse(request, state.max_body_bytes).await?;
+    let parsed = body::parse(request, state.body_limits).await?;
     let multi = parsed.multi;
     let classification = state
         .classifier

@@ -46,6 +46,12 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// The body did not arrive within `--body-read-timeout-ms`.
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout {
+        /// The limit.
+        timeout_ms: u128,
+    },
     /// Content type we do not take.
     #[error(
         "unsupported content type `{0}`; send image bytes (image/* or application/octet-stream), multipart/form-data or application/json"
@@ -88,6 +94,7 @@ impl ApiError {
             Self::Service(error) => service_status(error),
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -102,6 +109,7 @@ impl ApiError {
             Self::Service(error) => error.code(),
             Self::BadRequest { code, .. } => code,
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::UnsupportedContentType(_) => "unsupported_media_type",
             Self::Unauthorized => "unauthorized",
             Self::NotFound { .. } => "not_found",

@@ -28,8 +28,8 @@ pub struct AppState {
     pub classifier: Arc<Classifier>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// `--max-body-bytes`.
-    pub max_body_bytes: usize,
+    /// `--max-body-bytes` and `--body-read-timeout-ms`.
+    pub body_limits: body::BodyLimits,
     /// Permits for requests in flight (`--max-concurrent-requests`).
     pub in_flight: Arc<Semaphore>,
     /// The permit count, for messages.

@@ -116,7 +116,7 @@ async fn handle(
     request: Request,
 ) -> Result<(kserve::InferResponse, Plan), ApiError> {
     let header_length = header_length(request.headers())?;
-    let body = body::read_limited(request.into_body(), state.max_body_bytes).await?;
+    let body = body::read_limited(request.into_body(), state.body_limits).await?;
     let (json, mut binary) = match header_length {
         Some(length) if length > body.len() => {
             return Err(ApiError::bad_request(
