@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
 
 cargo fmt --check
+cargo fmt --check --manifest-path fuzz/Cargo.toml
 cargo clippy --all-targets --features train -- -D warnings
 cargo clippy --all-targets --no-default-features -- -D warnings
 # The CUDA provider must keep compiling; its library is not needed to check it.
@@ -17,3 +18,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --features train --no-fail-fast
 fi
+
+# Every fuzz target for a bounded time (a crash fails the run).
+scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

@@ -1,13 +1,17 @@
 //! The hostile and unusual input corpus (tests/fixtures/hostile, built by
-//! scripts/make_hostile_corpus.py): every case over REST, image cases over gRPC too; each gets
-//! its expected status and message, no 5xx, and the server stays healthy afterwards.
+//! scripts/make_hostile_corpus.py): every case over REST, image cases also over gRPC
+//! `Classify` and KServe V2 (REST binary BYTES tensor, gRPC raw BYTES tensor); each gets its
+//! expected status and message, no 5xx, and the server stays healthy afterwards.
 
 mod support;
 
 use base64::Engine as _;
+use resnet_serve::grpc::kserve::proto::ModelInferRequest;
+use resnet_serve::grpc::kserve::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use resnet_serve::grpc::kserve::proto::model_infer_request::InferInputTensor;
 use resnet_serve::grpc::proto::classify_service_client::ClassifyServiceClient;
 use resnet_serve::grpc::proto::{ClassifyRequest, Image, image::Data};
-use support::{Repository, root, slow_model_dir, start};
+use support::{Repository, TestServer, root, slow_model_dir, start};
 use tonic::Code;
 
 #[derive(serde::Deserialize)]
@@ -36,6 +40,56 @@ fn grpc_code(status: u16) -> Code {
     }
 }
 
+/// Triton's BYTES serialisation of one element: a little-endian u32 length, then the bytes.
+fn bytes_element(bytes: &[u8]) -> Vec<u8> {
+    let mut element = u32::try_from(bytes.len()).unwrap().to_le_bytes().to_vec();
+    element.extend_from_slice(bytes);
+    element
+}
+
+/// The image as a V2 REST BYTES input with the binary tensor extension: status and body.
+async fn v2_rest(server: &TestServer, bytes: &[u8]) -> (u16, String) {
+    let element = bytes_element(bytes);
+    let header = serde_json::json!({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES",
+        "parameters": {"binary_data_size": element.len()}}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&element);
+    let response = server
+        .client
+        .post(server.url("/v2/models/slow/infer"))
+        .header("inference-header-content-length", header.len())
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// The image as a V2 gRPC raw BYTES input: code and message.
+async fn v2_grpc(
+    client: &mut GrpcInferenceServiceClient<tonic::transport::Channel>,
+    bytes: &[u8],
+) -> (Code, String) {
+    let message = ModelInferRequest {
+        model_name: "slow".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![bytes_element(bytes)],
+        ..Default::default()
+    };
+    match client.model_infer(message).await {
+        Ok(_) => (Code::Ok, String::new()),
+        Err(status) => (status.code(), status.message().to_string()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hostile_case_gets_its_status_and_the_server_survives() {
     let repository = Repository::new().model("slow", &slow_model_dir(), None);
@@ -45,6 +99,10 @@ async fn every_hostile_case_gets_its_status_and_the_server_survives() {
     let mut grpc = ClassifyServiceClient::connect(format!("http://{}", server.server.grpc_address))
         .await
         .unwrap();
+    let mut v2_grpc_client =
+        GrpcInferenceServiceClient::connect(format!("http://{}", server.server.grpc_address))
+            .await
+            .unwrap();
     let mut failures = Vec::new();
     for case in &cases {
         let bytes = std::fs::read(root().join("tests/fixtures/hostile").join(&case.file)).unwrap();
@@ -75,6 +133,24 @@ async fn every_hostile_case_gets_its_status_and_the_server_survives() {
             && !case.content_type.starts_with("multipart/")
             && !case.content_type.starts_with("application/json");
         if image_case {
+            // V2 carries no content type per image: cases about the HTTP content type
+            // (text/plain, ...) are judged by their bytes there.
+            let about_content_type = !(case.content_type.is_empty()
+                || case.content_type.starts_with("image/")
+                || case.content_type == "application/octet-stream");
+            let fragment = if about_content_type {
+                "supported format"
+            } else {
+                case.fragment.as_str()
+            };
+            let (status, text) = v2_rest(&server, &bytes).await;
+            if status != case.status || !text.contains(fragment) {
+                failures.push(format!("V2 REST {}: {status} {text}", case.file));
+            }
+            let (code, message) = v2_grpc(&mut v2_grpc_client, &bytes).await;
+            if code != grpc_code(case.status) || !message.contains(fragment) {
+                failures.push(format!("V2 gRPC {}: {code:?} {message}", case.file));
+            }
             let message = ClassifyRequest {
                 id: case.file.clone(),
                 images: vec![Image {

@@ -2,7 +2,7 @@
 //! `crate::kserve`. Errors map through `status::status`; shared memory, tracing and logging
 //! settings answer UNIMPLEMENTED, and so do model load/unload without `--enable-model-control`.
 
-mod convert;
+pub mod convert;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -110,6 +110,13 @@ struct Plan {
     binary: Vec<bool>,
 }
 
+/// A V2 inference request body, parsed and checked, ready for [`kserve::infer`].
+pub struct ParsedInfer {
+    /// The request.
+    pub request: kserve::InferRequest,
+    plan: Plan,
+}
+
 async fn handle(
     state: &AppState,
     path: &ModelPath,
@@ -117,6 +124,18 @@ async fn handle(
 ) -> Result<(kserve::InferResponse, Plan), ApiError> {
     let header_length = header_length(request.headers())?;
     let body = body::read_limited(request.into_body(), state.body_limits).await?;
+    let parsed = parse_body(path, header_length, body)?;
+    let response = kserve::infer(&state.classifier, parsed.request).await?;
+    Ok((response, parsed.plan))
+}
+
+/// Parses an infer body: the JSON part (all of it, or `header_length` bytes when binary data
+/// follows) and the inputs' binary data.
+pub fn parse_body(
+    path: &ModelPath,
+    header_length: Option<usize>,
+    body: Bytes,
+) -> Result<ParsedInfer, ApiError> {
     let (json, mut binary) = match header_length {
         Some(length) if length > body.len() => {
             return Err(ApiError::bad_request(
@@ -168,21 +187,19 @@ async fn handle(
     if binary_outputs.is_empty() {
         binary_outputs.push(binary_default);
     }
-    let request = kserve::InferRequest {
-        model: path.model.clone(),
-        version: path.version.clone(),
-        inputs,
-        outputs,
-        options,
-    };
-    let response = kserve::infer(&state.classifier, request).await?;
-    Ok((
-        response,
-        Plan {
+    Ok(ParsedInfer {
+        request: kserve::InferRequest {
+            model: path.model.clone(),
+            version: path.version.clone(),
+            inputs,
+            outputs,
+            options,
+        },
+        plan: Plan {
             id: parsed.id,
             binary: binary_outputs,
         },
-    ))
+    })
 }
 
 fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
