@@ -12,6 +12,8 @@ cargo clippy --all-targets --no-default-features -- -D warnings
 # The CUDA provider must keep compiling; its library is not needed to check it.
 RESNET_SERVE_SKIP_ORT_FETCH=1 cargo check --features cuda
 scripts/check_deploy.sh
+# Licences, banned crates and sources (advisories need the network: see deny.toml).
+cargo deny check bans licenses sources
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --features train --no-fail-fast
