@@ -3,11 +3,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Repository, config, image, slow_model_dir, start};
+use support::{Repository, ServerProcess, config, image, slow_model_dir, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_model_stops_start_up_or_is_reported_unavailable() {
@@ -146,34 +144,8 @@ fn sigterm_drains_and_exits_zero() {
         &slow_model_dir(),
         Some("[batching]\nmax_batch_size = 1\n"),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_resnet-serve"))
-        .args(["--model-repository", repository.path().to_str().unwrap()])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--drain-seconds",
-            "1",
-        ])
-        .args(["--log-format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if let Some(address) = entry["fields"]["http_address"].as_str() {
-            break address.to_string();
-        }
-    };
+    let mut server = ServerProcess::spawn(repository.path(), &["--drain-seconds", "1"]);
+    let address = server.address.clone();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let statuses = runtime.block_on(async {
         let client = reqwest::Client::new();
@@ -188,11 +160,7 @@ fn sigterm_drains_and_exits_zero() {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
+        server.terminate();
         futures::future::join_all(requests)
             .await
             .into_iter()
@@ -200,9 +168,9 @@ fn sigterm_drains_and_exits_zero() {
             .collect::<Vec<_>>()
     });
     assert_eq!(statuses, vec![200; 4]);
-    let status = child.wait().unwrap();
+    let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let logged: Vec<String> = lines.map_while(Result::ok).collect();
+    let logged: Vec<String> = server.lines.by_ref().map_while(Result::ok).collect();
     assert!(
         logged.iter().any(|line| line.contains("SIGTERM")),
         "{logged:?}"

@@ -213,3 +213,88 @@ pub fn histogram(text: &str, name: &str, model: &str) -> (f64, f64) {
     };
     (value("sum"), value("count"))
 }
+
+/// The server binary as a child process, for signals and for its own memory use.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    /// `host:port` of the HTTP listener.
+    pub address: String,
+    /// The rest of its JSON log lines.
+    pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl ServerProcess {
+    /// Starts `resnet-serve` on free loopback ports with JSON logs and waits until it listens.
+    pub fn spawn(repository: &Path, extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_resnet-serve"))
+            .args(["--model-repository", repository.to_str().unwrap()])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                "0",
+                "--grpc-port",
+                "0",
+            ])
+            .args(["--metrics-port", "0", "--log-format", "json"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if let Some(address) = entry["fields"]["http_address"].as_str() {
+                break address.to_string();
+            }
+        };
+        Self {
+            child,
+            address,
+            lines,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Resident memory (VmRSS) in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes_of(self.child.id()).expect("the server process is gone")
+    }
+
+    /// Sends SIGTERM (the shutdown sequence).
+    pub fn terminate(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Resident memory (VmRSS) of process `pid` in bytes, while it runs.
+pub fn rss_bytes_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib * 1024)
+}
