@@ -160,3 +160,81 @@ async fn requests_whose_client_left_are_dropped_before_inference() {
     assert!(cancelled >= 3.0, "{metrics}");
     server.stop().await;
 }
+
+/// A 28×28 white image: the `poison` fixture model fails on any batch that contains one.
+fn white_png() -> Vec<u8> {
+    let mut png = Vec::new();
+    image::GrayImage::from_pixel(28, 28, image::Luma([255]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_answers_each_request_500_and_the_next_batch_works() {
+    let config = "[preprocess]\nscale = 255.0\nmean = [0.0]\nstd = [1.0]\n\
+                  [batching]\nmax_batch_size = 4\npreferred_batch_sizes = [4]\nmax_queue_delay_us = 500000\n";
+    let poison = support::root().join("tests/fixtures/models/poison");
+    let repository = Repository::new().model("poison", &poison, Some(config));
+    let server = start(repository.path(), &[]).await;
+    let (_, warm_count) = histogram(
+        &server.metrics_text().await,
+        "resnet_serve_batch_size",
+        "poison",
+    );
+    // Three good images and a white one, sent together: one batch, which ONNX Runtime fails.
+    let bodies = [
+        image("fashion-0-label9.png"),
+        image("fashion-2-label1.png"),
+        white_png(),
+        image("fashion-3-label1.png"),
+    ];
+    let requests = bodies.iter().enumerate().map(|(index, body)| {
+        let request = server
+            .client
+            .post(server.url("/classify"))
+            .header("content-type", "image/png")
+            .header("x-request-id", format!("batch-{index}"))
+            .body(body.clone());
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let (_, count) = histogram(
+        &server.metrics_text().await,
+        "resnet_serve_batch_size",
+        "poison",
+    );
+    assert_eq!(
+        count - warm_count,
+        1.0,
+        "the four requests were not one batch"
+    );
+    for (index, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 500, "{body}");
+        assert!(
+            body.contains(&format!("internal error (request id batch-{index})")),
+            "{body}"
+        );
+        assert!(!body.contains("Reshape"), "runtime details leaked: {body}");
+    }
+
+    // The next batch runs normally.
+    let response = server
+        .classify_raw("", "image/png", image("fashion-0-label9.png"))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        server
+            .client
+            .get(server.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.stop().await;
+}

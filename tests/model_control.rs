@@ -143,3 +143,73 @@ async fn polling_picks_up_a_new_version() {
     assert_eq!(post(&server, "/v2/repository/models/slow/load").await, 501);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_names_and_versions_cannot_reach_outside_the_repository() {
+    // A model directory beside the repository, which a traversal would find.
+    let outside = Repository::new().model("slow", &slow_model_dir(), None);
+    let repository = Repository::new().model("slow", &slow_model_dir(), None);
+    let relative = format!(
+        "..%2F{}%2Fslow",
+        outside.path().file_name().unwrap().to_str().unwrap()
+    );
+    let server = start(repository.path(), &["--enable-model-control"]).await;
+    for name in [
+        relative.as_str(),
+        "..",
+        "%2E%2E",
+        "..%2F..%2Fetc%2Fpasswd",
+        "slow%2F..%2Fslow",
+    ] {
+        for path in [
+            format!("/v2/repository/models/{name}/load"),
+            format!("/v2/repository/models/{name}/unload"),
+        ] {
+            let status = post(&server, &path).await;
+            assert!(matches!(status, 400 | 404), "{path}: {status}");
+        }
+        let ready = server
+            .client
+            .get(server.url(&format!("/v2/models/{name}/ready")))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert!(matches!(ready, 400 | 404), "{name} ready: {ready}");
+        let response = server
+            .classify_raw(
+                &format!("?model={name}"),
+                "image/png",
+                image("fashion-0-label9.png"),
+            )
+            .await;
+        assert_eq!(response.status(), 404, "/classify?model={name}");
+    }
+    for version in ["..", "..%2F1", "1%2F..%2F1", "-1", "01x"] {
+        let response = server
+            .classify_raw(
+                &format!("?model=slow&version={version}"),
+                "image/png",
+                image("fashion-0-label9.png"),
+            )
+            .await;
+        assert!(
+            matches!(response.status().as_u16(), 400 | 404),
+            "version {version}: {}",
+            response.status()
+        );
+    }
+    // Nothing was loaded from outside: the repository still has its one model.
+    let index: serde_json::Value = server
+        .client
+        .post(server.url("/v2/repository/index"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(index.as_array().unwrap().len(), 1, "{index}");
+    server.stop().await;
+}
