@@ -1,5 +1,6 @@
 //! `resnet-bench`: load generator for a running resnet-serve (REST `/classify`, gRPC
-//! `Classify`), closed-loop over concurrency levels or open-loop at Poisson arrival rates, with
+//! `Classify` with encoded images; KServe V2 infer over REST or gRPC with preprocessed FP32
+//! tensors), closed-loop over concurrency levels or open-loop at Poisson arrival rates, with
 //! real image files; and `--baseline raw-ort`, the same model run in-process by ONNX Runtime
 //! with the same threads at its best batch size, so the report gives server / raw ORT from
 //! one run. Writes `report.json` and `latency.svg`.
@@ -14,6 +15,9 @@ use clap::{Parser, ValueEnum};
 use rand::Rng;
 use resnet_serve::backend::Backend;
 use resnet_serve::backend::ort::{self as ort_backend, OrtBackend, SessionOptions};
+use resnet_serve::grpc::kserve::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use resnet_serve::grpc::kserve::proto::model_infer_request::InferInputTensor;
+use resnet_serve::grpc::kserve::proto::{ModelInferRequest, ModelMetadataRequest};
 use resnet_serve::grpc::proto::classify_service_client::ClassifyServiceClient;
 use resnet_serve::grpc::proto::{ClassifyRequest, Image, image::Data};
 use serde::Serialize;
@@ -28,7 +32,7 @@ struct Args {
     /// Protocol to load.
     #[arg(long, value_enum, default_value = "rest")]
     protocol: Protocol,
-    /// Model to request (default: the server's default).
+    /// Model to request (default: the server's default; required with the V2 protocols).
     #[arg(long)]
     model: Option<String>,
     /// Closed loop: these numbers of clients, each sending its next request on an answer.
@@ -63,8 +67,14 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Protocol {
+    /// `POST /classify` with encoded images.
     Rest,
+    /// gRPC `Classify` with encoded images.
     Grpc,
+    /// V2 REST infer with preprocessed FP32 tensors (binary tensor extension).
+    V2Rest,
+    /// V2 gRPC `ModelInfer` with preprocessed FP32 tensors (`raw_input_contents`).
+    V2Grpc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -144,10 +154,96 @@ enum Client {
         grpc: ClassifyServiceClient<tonic::transport::Channel>,
         model: String,
     },
+    V2Rest {
+        http: reqwest::Client,
+        url: String,
+        input: Arc<TensorInput>,
+    },
+    V2Grpc {
+        grpc: GrpcInferenceServiceClient<tonic::transport::Channel>,
+        model: String,
+        input: Arc<TensorInput>,
+    },
+}
+
+/// The model input the V2 protocols send: name and `[C, H, W]`.
+#[derive(Debug)]
+struct TensorInput {
+    name: String,
+    dims: [i64; 3],
+}
+
+/// Asks the server (V2 model metadata, over the protocol under test) for the model's input
+/// name and shape.
+async fn tensor_input(args: &Args, model: &str) -> anyhow::Result<TensorInput> {
+    let (name, shape) = if args.protocol == Protocol::V2Rest {
+        let url = format!("http://{}/v2/models/{model}", args.target);
+        let metadata: serde_json::Value =
+            reqwest::get(&url).await?.error_for_status()?.json().await?;
+        let input = &metadata["inputs"][0];
+        let shape: Vec<i64> = serde_json::from_value(input["shape"].clone())?;
+        (
+            input["name"].as_str().unwrap_or_default().to_string(),
+            shape,
+        )
+    } else {
+        let mut grpc =
+            GrpcInferenceServiceClient::connect(format!("http://{}", args.target)).await?;
+        let metadata = grpc
+            .model_metadata(ModelMetadataRequest {
+                name: model.to_string(),
+                version: String::new(),
+            })
+            .await?
+            .into_inner();
+        let input = metadata.inputs.first().context("the model has no input")?;
+        (input.name.clone(), input.shape.clone())
+    };
+    let [_, c, h, w] = shape[..] else {
+        bail!("input shape {shape:?} is not [N, C, H, W]");
+    };
+    Ok(TensorInput {
+        name,
+        dims: [c, h, w],
+    })
+}
+
+/// Preprocesses `images` into little-endian FP32 tensors of `dims` (the values do not matter
+/// for speed; the work the server skips does).
+fn tensors(images: &[Vec<u8>], dims: [i64; 3]) -> anyhow::Result<Vec<Vec<u8>>> {
+    use resnet_serve::preprocess::{ImageLimits, PreprocessSpec, preprocess_encoded};
+    use resnet_serve::repository::config::{Color, Interpolation};
+    let [c, h, w] = dims.map(|d| d.max(1) as u32);
+    let spec = PreprocessSpec {
+        color: if c == 1 { Color::Gray } else { Color::Rgb },
+        resize_shorter: h.min(w) * 8 / 7,
+        crop: [h, w],
+        interpolation: Interpolation::Bilinear,
+        scale: 255.0,
+        mean: vec![0.5; c as usize],
+        std: vec![0.25; c as usize],
+        jpeg_dct_scaling: false,
+    };
+    let limits = ImageLimits {
+        max_pixels: u64::MAX,
+        max_aspect_ratio: f64::MAX,
+    };
+    images
+        .iter()
+        .map(|image| {
+            let mut tensor = vec![0.0f32; spec.tensor_len()];
+            preprocess_encoded(image, &spec, &limits, &mut tensor)?;
+            Ok(tensor
+                .iter()
+                .flat_map(|value| value.to_le_bytes())
+                .collect())
+        })
+        .collect()
 }
 
 impl Client {
-    async fn new(args: &Args) -> anyhow::Result<Self> {
+    async fn new(args: &Args, input: Option<&Arc<TensorInput>>) -> anyhow::Result<Self> {
+        let model = || args.model.clone().unwrap_or_default();
         Ok(match args.protocol {
             Protocol::Rest => {
                 let query = args
@@ -162,12 +258,24 @@ impl Client {
             }
             Protocol::Grpc => Self::Grpc {
                 grpc: ClassifyServiceClient::connect(format!("http://{}", args.target)).await?,
-                model: args.model.clone().unwrap_or_default(),
+                model: model(),
+            },
+            Protocol::V2Rest => Self::V2Rest {
+                http: reqwest::Client::new(),
+                url: format!("http://{}/v2/models/{}/infer", args.target, model()),
+                input: input.context("no model input")?.clone(),
+            },
+            Protocol::V2Grpc => Self::V2Grpc {
+                grpc: GrpcInferenceServiceClient::connect(format!("http://{}", args.target))
+                    .await?,
+                model: model(),
+                input: input.context("no model input")?.clone(),
             },
         })
     }
 
-    /// Sends one image; returns the outcome label ("200"/"OK" or the error status).
+    /// Sends one image (encoded, or a tensor for V2); returns the outcome label ("200"/"OK"
+    /// or the error status).
     async fn send(&mut self, image: &[u8]) -> String {
         match self {
             Self::Rest { http, url } => {
@@ -189,6 +297,48 @@ impl Client {
                     ..Default::default()
                 };
                 match grpc.classify(request).await {
+                    Ok(_) => "OK".into(),
+                    Err(status) => format!("{:?}", status.code()),
+                }
+            }
+            Self::V2Rest { http, url, input } => {
+                let [c, h, w] = input.dims;
+                let header = serde_json::json!({
+                    "inputs": [{"name": input.name, "shape": [1, c, h, w], "datatype": "FP32",
+                        "parameters": {"binary_data_size": image.len()}}],
+                    "parameters": {"binary_data_output": true},
+                })
+                .to_string();
+                let mut body = header.clone().into_bytes();
+                body.extend_from_slice(image);
+                let request = http
+                    .post(url.as_str())
+                    .header("inference-header-content-length", header.len())
+                    .header("content-type", "application/octet-stream")
+                    .body(body);
+                match request.send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16().to_string();
+                        let _ = response.bytes().await;
+                        status
+                    }
+                    Err(error) => format!("transport: {error}"),
+                }
+            }
+            Self::V2Grpc { grpc, model, input } => {
+                let [c, h, w] = input.dims;
+                let request = ModelInferRequest {
+                    model_name: model.clone(),
+                    inputs: vec![InferInputTensor {
+                        name: input.name.clone(),
+                        datatype: "FP32".into(),
+                        shape: vec![1, c, h, w],
+                        ..Default::default()
+                    }],
+                    raw_input_contents: vec![image.to_vec()],
+                    ..Default::default()
+                };
+                match grpc.model_infer(request).await {
                     Ok(_) => "OK".into(),
                     Err(status) => format!("{:?}", status.code()),
                 }
@@ -232,13 +382,14 @@ type Samples = Vec<(Instant, f64, String)>;
 /// Closed loop: `clients` tasks each send their next request when the last is answered.
 async fn closed_loop(
     args: &Args,
+    input: Option<&Arc<TensorInput>>,
     images: &Arc<Vec<Vec<u8>>>,
     clients: usize,
     until: Instant,
 ) -> anyhow::Result<Samples> {
     let mut tasks = Vec::new();
     for index in 0..clients {
-        let mut client = Client::new(args).await?;
+        let mut client = Client::new(args, input).await?;
         let images = images.clone();
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
@@ -264,12 +415,13 @@ async fn closed_loop(
 /// or not earlier ones were answered, so queueing shows.
 async fn open_loop(
     args: &Args,
+    input: Option<&Arc<TensorInput>>,
     images: &Arc<Vec<Vec<u8>>>,
     rate: f64,
     until: Instant,
 ) -> anyhow::Result<Samples> {
     // Both clients multiplex over pooled connections, so clones share them.
-    let client = Client::new(args).await?;
+    let client = Client::new(args, input).await?;
     let mut tasks = Vec::new();
     let mut next_start = Instant::now();
     let mut random = rand::rng();
@@ -443,7 +595,20 @@ fn plot(levels: &[Level], path: &Path) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let images = Arc::new(load_images(&args.images)?);
+    let mut images = load_images(&args.images)?;
+    let input = match args.protocol {
+        Protocol::V2Rest | Protocol::V2Grpc => {
+            let model = args
+                .model
+                .as_deref()
+                .context("the V2 protocols need --model")?;
+            let input = tensor_input(&args, model).await?;
+            images = tensors(&images, input.dims)?;
+            Some(Arc::new(input))
+        }
+        Protocol::Rest | Protocol::Grpc => None,
+    };
+    let images = Arc::new(images);
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
     let duration = Duration::from_secs_f64(args.duration_seconds);
     let mut levels = Vec::new();
@@ -459,8 +624,8 @@ async fn main() -> anyhow::Result<()> {
         let measure_from = Instant::now() + warmup;
         let until = measure_from + duration;
         let samples = match mode {
-            "closed" => closed_loop(&args, &images, load as usize, until).await?,
-            _ => open_loop(&args, &images, load, until).await?,
+            "closed" => closed_loop(&args, input.as_ref(), &images, load as usize, until).await?,
+            _ => open_loop(&args, input.as_ref(), &images, load, until).await?,
         };
         let level = summarise(mode, load, samples, measure_from, duration.as_secs_f64());
         eprintln!(

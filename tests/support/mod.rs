@@ -219,6 +219,8 @@ pub struct ServerProcess {
     pub child: std::process::Child,
     /// `host:port` of the HTTP listener.
     pub address: String,
+    /// `host:port` of the gRPC listener.
+    pub grpc_address: String,
     /// The rest of its JSON log lines.
     pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 }
@@ -244,19 +246,24 @@ impl ServerProcess {
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let address = loop {
+        let (address, grpc_address) = loop {
             let line = lines
                 .next()
                 .expect("server exited before listening")
                 .unwrap();
             let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if let Some(address) = entry["fields"]["http_address"].as_str() {
-                break address.to_string();
+            let fields = &entry["fields"];
+            if let (Some(http), Some(grpc)) = (
+                fields["http_address"].as_str(),
+                fields["grpc_address"].as_str(),
+            ) {
+                break (http.to_string(), grpc.to_string());
             }
         };
         Self {
             child,
             address,
+            grpc_address,
             lines,
         }
     }

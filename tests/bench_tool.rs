@@ -1,0 +1,112 @@
+//! `resnet-bench` against a real server for a few seconds per protocol: the report is
+//! well-formed, every level has requests and zero errors, and the raw-ORT baseline and the
+//! ratio are there. Not a timing test: no number is compared with a threshold.
+
+mod support;
+
+use std::process::Command;
+
+use support::{Repository, ServerProcess, default_model_dir, root};
+
+fn bench(
+    target: &str,
+    protocol: &str,
+    extra: &[&str],
+    output: &std::path::Path,
+) -> serde_json::Value {
+    let status = Command::new(env!("CARGO_BIN_EXE_resnet-bench"))
+        .args([
+            "--target",
+            target,
+            "--protocol",
+            protocol,
+            "--model",
+            "fashion",
+        ])
+        .args(["--warmup-seconds", "0.3", "--duration-seconds", "1"])
+        .arg("--images")
+        .arg(root().join("tests/fixtures/images"))
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "resnet-bench --protocol {protocol}: {status:?}"
+    );
+    assert!(output.join("latency.svg").is_file());
+    let report = std::fs::read_to_string(output.join("report.json")).unwrap();
+    serde_json::from_str(&report).unwrap()
+}
+
+fn assert_clean_levels(report: &serde_json::Value, expected: usize) {
+    let levels = report["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), expected, "{report}");
+    for level in levels {
+        assert!(level["requests"].as_u64().unwrap() > 0, "{level}");
+        assert!(
+            level["throughput_per_second"].as_f64().unwrap() > 0.0,
+            "{level}"
+        );
+        assert_eq!(level["errors"], serde_json::json!({}), "{level}");
+        let latency = &level["latency_ms"];
+        assert!(latency["p50"].as_f64().unwrap() <= latency["p99"].as_f64().unwrap());
+    }
+}
+
+#[test]
+fn every_protocol_reports_without_errors() {
+    let repository = Repository::new().model("fashion", &default_model_dir(), None);
+    let server = ServerProcess::spawn(repository.path(), &["--intra-op-threads", "1"]);
+    let output = tempfile::tempdir().unwrap();
+    let onnx = default_model_dir().join("1/model.onnx");
+    let onnx = onnx.to_str().unwrap();
+
+    let report = bench(
+        &server.address,
+        "rest",
+        &[
+            "--concurrency",
+            "1,2",
+            "--baseline",
+            "raw-ort",
+            "--onnx",
+            onnx,
+            "--threads",
+            "1",
+        ],
+        &output.path().join("rest"),
+    );
+    assert_clean_levels(&report, 2);
+    let raw = &report["raw_ort"];
+    assert!(
+        raw["best_images_per_second"].as_f64().unwrap() > 0.0,
+        "{raw}"
+    );
+    assert!(report["server_over_raw_ort"].as_f64().unwrap() > 0.0);
+    assert!(report["p50_overhead_at_concurrency_1_ms"].is_number());
+
+    let open = bench(
+        &server.address,
+        "rest",
+        &["--rate", "20"],
+        &output.path().join("open"),
+    );
+    assert_clean_levels(&open, 1);
+    assert_eq!(open["levels"][0]["mode"], "open");
+
+    for (target, protocol) in [
+        (&server.grpc_address, "grpc"),
+        (&server.address, "v2-rest"),
+        (&server.grpc_address, "v2-grpc"),
+    ] {
+        let report = bench(
+            target,
+            protocol,
+            &["--concurrency", "2"],
+            &output.path().join(protocol),
+        );
+        assert_clean_levels(&report, 1);
+    }
+}
