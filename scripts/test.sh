@@ -23,3 +23,6 @@ fi
 
 # Every fuzz target for a bounded time (a crash fails the run).
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+
+# Soak, CI-sized (the 10-minute run and its result: docs/RELIABILITY.md).
+python3 scripts/soak.py --seconds 20

@@ -138,6 +138,12 @@ pub struct BatchingConfig {
     #[arg(long, env = "RESNET_SERVE_MAX_QUEUE_SIZE", default_value = "256")]
     pub max_queue_size: usize,
 
+    /// Latency target: measure batch times at load, use the largest batch whose worst case
+    /// (2 × batch time) fits, and answer 429 at once to requests that cannot meet their
+    /// deadline behind the queue (instead of 504 later). Unset: batching as configured.
+    #[arg(long, env = "RESNET_SERVE_TARGET_P99_MS")]
+    pub target_p99_ms: Option<u64>,
+
     /// Request deadline when the client sets none; also caps client deadlines.
     #[arg(long, env = "RESNET_SERVE_REQUEST_TIMEOUT_MS", default_value = "30000")]
     pub request_timeout_ms: u64,
@@ -266,6 +272,9 @@ impl ServeConfig {
                 "--max-queue-size ({}) must be at least --max-batch-size ({})",
                 batching.max_queue_size, batching.max_batch_size
             ));
+        }
+        if batching.target_p99_ms == Some(0) {
+            return Err("--target-p99-ms must be positive".into());
         }
         if batching.request_timeout_ms == 0 {
             return Err("--request-timeout-ms must be positive".into());

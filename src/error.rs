@@ -71,6 +71,18 @@ pub enum ServiceError {
         /// Capacity in images.
         capacity: usize,
     },
+    /// Admission control: the queue ahead would run past the request's deadline.
+    #[error(
+        "model `{model}` cannot meet the deadline: about {expected_ms} ms of work is queued ahead and {budget_ms} ms remain; retry later or elsewhere"
+    )]
+    WouldMissDeadline {
+        /// Model name.
+        model: String,
+        /// Expected time to the result.
+        expected_ms: u64,
+        /// Time left to the deadline.
+        budget_ms: u64,
+    },
     /// The deadline passed before inference.
     #[error("deadline of {timeout_ms} ms exceeded before inference")]
     DeadlineExceeded {
@@ -118,6 +130,7 @@ impl ServiceError {
                 PreprocessError::Internal(_) => "internal",
             },
             Self::QueueFull { .. } => "queue_full",
+            Self::WouldMissDeadline { .. } => "deadline_unmeetable",
             Self::DeadlineExceeded { .. } => "deadline_exceeded",
             Self::ShuttingDown => "unavailable",
             Self::LoadFailed { .. } => "load_failed",

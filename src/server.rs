@@ -71,6 +71,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         allow_cpu_fallback: config.runtime.allow_cpu_fallback,
         intra_op_threads: config.runtime.intra_op_threads,
         model_control: config.lifecycle.enable_model_control,
+        target_p99: config.batching.target_p99_ms.map(Duration::from_millis),
     };
     let registry = registry::load(&options, &pool, &metrics)
         .await

@@ -130,19 +130,28 @@ async fn priority_must_be_within_the_configured_levels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_whose_client_left_are_dropped_before_inference() {
-    let config = "[batching]\nmax_batch_size = 1\n";
+    let config = "[batching]\nmax_batch_size = 8\n";
     let repository = Repository::new().model("slow", &slow_model_dir(), Some(config));
     let server = start(repository.path(), &[]).await;
+    // Eight images a request: each batch costs eight slow inferences, far longer than the
+    // clients wait, however fast the machine.
     let impatient = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_millis(20))
+        .timeout(std::time::Duration::from_millis(100))
         .build()
         .unwrap();
     let png = image("fashion-0-label9.png");
     let requests = (0..6).map(|_| {
+        let mut form = reqwest::multipart::Form::new();
+        for index in 0..8 {
+            let part = reqwest::multipart::Part::bytes(png.clone())
+                .file_name(format!("{index}.png"))
+                .mime_str("image/png")
+                .unwrap();
+            form = form.part(format!("image{index}"), part);
+        }
         impatient
             .post(server.url("/classify"))
-            .header("content-type", "image/png")
-            .body(png.clone())
+            .multipart(form)
             .send()
     });
     let outcomes = futures::future::join_all(requests).await;
@@ -235,6 +244,105 @@ async fn a_failed_batch_answers_each_request_500_and_the_next_batch_works() {
             .unwrap()
             .status(),
         200
+    );
+    server.stop().await;
+}
+
+async fn v2_config(server: &TestServer) -> serde_json::Value {
+    server
+        .client
+        .get(server.url("/v2/models/slow/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_p99_calibrates_the_batch_size_and_reports_it() {
+    let config = "[batching]\nmax_batch_size = 8\nmax_queue_delay_us = 5000\n";
+    let repository = Repository::new().model("slow", &slow_model_dir(), Some(config));
+    // Unreachable: one image at a time, no waiting for a fuller batch.
+    let server = start(repository.path(), &["--target-p99-ms", "1"]).await;
+    let reported = v2_config(&server).await;
+    assert_eq!(reported["max_batch_size"], 1, "{reported}");
+    assert_eq!(
+        reported["dynamic_batching"]["max_queue_delay_microseconds"],
+        0
+    );
+    server.stop().await;
+    // Generous: the configured maximum stays.
+    let server = start(repository.path(), &["--target-p99-ms", "600000"]).await;
+    assert_eq!(v2_config(&server).await["max_batch_size"], 8);
+    let statuses = burst(&server, 3, &[]).await;
+    assert!(
+        statuses.iter().all(|(status, _)| *status == 200),
+        "{statuses:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_control_refuses_at_once_what_cannot_meet_its_deadline() {
+    let config = "[batching]\nmax_batch_size = 2\nmax_queue_size = 64\n";
+    let repository = Repository::new().model("slow", &slow_model_dir(), Some(config));
+    let server = start(repository.path(), &["--target-p99-ms", "600000"]).await;
+    // The measured batch times, as reported; a deadline of about three single-image batches
+    // admits the first requests of a burst and refuses the rest.
+    let reported = v2_config(&server).await;
+    let measured = reported["parameters"]["batch_latency_ms"]["string_value"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reported}"))
+        .to_string();
+    let single_ms: f64 = measured
+        .split(' ')
+        .find_map(|point| point.strip_prefix("1:"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        reported["parameters"]["target_p99_ms"]["string_value"],
+        "600000"
+    );
+    let deadline_ms = ((single_ms * 3.0) as u64 + 20).to_string();
+    let png = image("fashion-0-label9.png");
+    let requests = (0..24).map(|_| {
+        let request = server
+            .client
+            .post(server.url("/classify"))
+            .header("content-type", "image/png")
+            .header("x-request-timeout-ms", deadline_ms.as_str())
+            .body(png.clone());
+        async move {
+            let sent = std::time::Instant::now();
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response.headers().contains_key("retry-after");
+            let body = response.text().await.unwrap();
+            (status, retry_after, body, sent.elapsed())
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert!(
+        answers.iter().any(|a| a.0 == 200),
+        "nothing was admitted: {answers:?}"
+    );
+    assert!(!refused.is_empty(), "nothing was refused: {answers:?}");
+    let deadline = std::time::Duration::from_millis(deadline_ms.parse().unwrap());
+    for (_, retry_after, body, elapsed) in &refused {
+        assert!(body.contains("deadline_unmeetable"), "{body}");
+        assert!(body.contains("cannot meet the deadline"), "{body}");
+        assert!(*retry_after);
+        // Refused at admission, not after waiting out the deadline.
+        assert!(*elapsed < deadline, "refused after {elapsed:?}");
+    }
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("reason=\"deadline_unmeetable\""),
+        "{metrics}"
     );
     server.stop().await;
 }

@@ -1,6 +1,7 @@
 //! The dynamic batcher of one model version: a bounded queue, a scheduler task that asks the
 //! pure [`policy`] what to run, and one worker thread per model instance.
 
+pub mod latency;
 pub mod policy;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::Backend;
 use crate::metrics::Metrics;
+use latency::{LatencyProfile, Load};
 use policy::{Decision, Eviction, Limits, Policy, Queued};
 
 /// A request's images, queued for one batch.
@@ -89,6 +91,16 @@ pub enum BatchError {
         /// Queue capacity in images.
         capacity: usize,
     },
+    /// Admission control: the work queued ahead would run past the job's deadline.
+    #[error(
+        "the deadline cannot be met: about {expected_ms} ms of work is ahead, {budget_ms} ms remain"
+    )]
+    WouldMissDeadline {
+        /// Expected time to the result.
+        expected_ms: u64,
+        /// Time left to the deadline.
+        budget_ms: u64,
+    },
     /// The batcher is stopping.
     #[error("the model is shutting down")]
     ShuttingDown,
@@ -116,6 +128,8 @@ pub struct BatcherConfig {
     pub tensor_len: usize,
     /// Logits per image.
     pub classes: usize,
+    /// Batch latencies for admission control by deadline (`--target-p99-ms`); `None` = off.
+    pub admission: Option<LatencyProfile>,
 }
 
 /// The submitting side of a batcher; cheap to clone.
@@ -124,15 +138,46 @@ pub struct BatcherHandle {
     /// To the scheduler task.
     jobs: mpsc::Sender<Job>,
     queued: Arc<AtomicUsize>,
+    /// Batches running on the workers now.
+    running: Arc<AtomicUsize>,
     capacity: usize,
     metrics: Arc<Metrics>,
     model: String,
+    admission: Option<Arc<Admission>>,
+}
+
+/// What admission control by deadline needs besides the live counters.
+struct Admission {
+    profile: LatencyProfile,
+    instances: usize,
+    max_batch_size: usize,
 }
 
 impl BatcherHandle {
-    /// Queues a job, or refuses it at once when the queue is full or closed.
+    /// Queues a job, or refuses it at once when the queue is full or closed, or (with
+    /// admission control) when it cannot finish before its deadline behind the queue.
     pub fn submit(&self, job: Job) -> Result<(), BatchError> {
         let images = job.images;
+        if let Some(admission) = &self.admission {
+            let load = Load {
+                queued_images: self.queued.load(Ordering::Acquire),
+                running_batches: self.running.load(Ordering::Acquire),
+                instances: admission.instances,
+                max_batch_size: admission.max_batch_size,
+            };
+            let expected = latency::expected_completion(&admission.profile, load, images);
+            let budget = job.deadline.saturating_duration_since(Instant::now());
+            if expected > budget {
+                self.metrics
+                    .rejected
+                    .with_label_values(&[self.model.as_str(), "deadline_unmeetable"])
+                    .inc();
+                return Err(BatchError::WouldMissDeadline {
+                    expected_ms: expected.as_millis() as u64,
+                    budget_ms: budget.as_millis() as u64,
+                });
+            }
+        }
         let admitted = self
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
@@ -217,6 +262,8 @@ pub fn spawn(
     let (jobs_tx, jobs_rx) = mpsc::channel(config.max_queue_size.max(1));
     // Each worker reports itself idle here; one slot per worker suffices.
     let (idle_tx, idle_rx) = mpsc::channel(backends.len().max(1));
+    let instances = backends.len().max(1);
+    let running = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     let mut worker_inputs = Vec::new();
     for (index, backend) in backends.into_iter().enumerate() {
@@ -227,6 +274,7 @@ pub fn spawn(
             backend,
             batches: batch_rx,
             idle: idle_tx.clone(),
+            running: running.clone(),
             config: config.clone(),
             metrics: metrics.clone(),
         };
@@ -245,15 +293,25 @@ pub fn spawn(
         workers: worker_inputs,
         idle_workers: Vec::new(),
         queued: queued.clone(),
+        running: running.clone(),
         metrics: metrics.clone(),
         model: config.model.clone(),
     };
+    let admission = config.admission.map(|profile| {
+        Arc::new(Admission {
+            profile,
+            instances,
+            max_batch_size: config.limits.max_batch_size,
+        })
+    });
     let handle = BatcherHandle {
         jobs: jobs_tx,
         queued,
+        running,
         capacity: config.max_queue_size,
         metrics,
         model: config.model,
+        admission,
     };
     Ok(Batcher {
         handle: Some(handle),
@@ -272,6 +330,7 @@ struct Scheduler {
     workers: Vec<mpsc::Sender<Vec<Job>>>,
     idle_workers: Vec<usize>,
     queued: Arc<AtomicUsize>,
+    running: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     model: String,
 }
@@ -327,6 +386,7 @@ impl Scheduler {
                 Decision::Run(batch) => {
                     self.idle_workers.pop();
                     let images: usize = batch.iter().map(|job| job.images).sum();
+                    self.running.fetch_add(1, Ordering::AcqRel);
                     self.dequeued(images);
                     let sent = match self.workers.get(worker) {
                         Some(sender) => sender.try_send(batch).map_err(|error| error.into_inner()),
@@ -334,6 +394,7 @@ impl Scheduler {
                     };
                     // Unreachable while the worker lives: it only reports idle with an empty slot.
                     if let Err(batch) = sent {
+                        self.running.fetch_sub(1, Ordering::AcqRel);
                         for job in batch {
                             let _ = job.respond.send(Err(BatchError::ShuttingDown));
                         }
@@ -363,6 +424,8 @@ struct Worker {
     batches: mpsc::Receiver<Vec<Job>>,
     /// To the scheduler, after each batch.
     idle: mpsc::Sender<usize>,
+    /// Batches running, shared with the scheduler and admission control.
+    running: Arc<AtomicUsize>,
     config: BatcherConfig,
     metrics: Arc<Metrics>,
 }
@@ -372,6 +435,7 @@ impl Worker {
         let mut input = Vec::new();
         while let Some(batch) = self.batches.blocking_recv() {
             self.run_batch(batch, &mut input);
+            self.running.fetch_sub(1, Ordering::AcqRel);
             if self.idle.blocking_send(self.index).is_err() {
                 break;
             }

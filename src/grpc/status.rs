@@ -26,7 +26,9 @@ pub fn status(error: &ServiceError) -> Status {
             | PreprocessError::Decode { .. }
             | PreprocessError::RawLength { .. } => Code::InvalidArgument,
         },
-        ServiceError::QueueFull { .. } => Code::ResourceExhausted,
+        ServiceError::QueueFull { .. } | ServiceError::WouldMissDeadline { .. } => {
+            Code::ResourceExhausted
+        }
         ServiceError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         ServiceError::Internal(_) => Code::Internal,
     };

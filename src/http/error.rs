@@ -180,7 +180,9 @@ fn service_status(error: &ServiceError) -> StatusCode {
         | ServiceError::InvalidTensor(_)
         | ServiceError::LoadFailed { .. } => StatusCode::BAD_REQUEST,
         ServiceError::Image { source, .. } => image_status(source),
-        ServiceError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ServiceError::QueueFull { .. } | ServiceError::WouldMissDeadline { .. } => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         ServiceError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
         ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -62,6 +62,10 @@ pub struct BatchingSpec {
     pub priority_levels: u32,
     /// Level of a request that asks for none.
     pub default_priority: u32,
+    /// `--target-p99-ms`, when the batching was calibrated to it.
+    pub target_p99: Option<Duration>,
+    /// Batch times measured by that calibration, by batch size.
+    pub measured_latency: Vec<(usize, Duration)>,
 }
 
 /// Everything the server needs to serve one model version.
@@ -313,6 +317,8 @@ fn resolve_batching(
         ),
         priority_levels,
         default_priority,
+        target_p99: None,
+        measured_latency: Vec::new(),
     })
 }
 

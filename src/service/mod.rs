@@ -155,6 +155,7 @@ impl Classifier {
             | ServiceError::VersionNotFound { .. }
             | ServiceError::ModelNotReady { .. }
             | ServiceError::QueueFull { .. }
+            | ServiceError::WouldMissDeadline { .. }
             | ServiceError::DeadlineExceeded { .. }
             | ServiceError::ShuttingDown
             | ServiceError::LoadFailed { .. }

@@ -179,6 +179,14 @@ fn batch_error(error: BatchError, model: &str, timeout_ms: u64) -> ServiceError 
             model: model.to_string(),
             capacity,
         },
+        BatchError::WouldMissDeadline {
+            expected_ms,
+            budget_ms,
+        } => ServiceError::WouldMissDeadline {
+            model: model.to_string(),
+            expected_ms,
+            budget_ms,
+        },
         BatchError::ShuttingDown => ServiceError::ShuttingDown,
         BatchError::DeadlineExceeded { .. } => ServiceError::DeadlineExceeded { timeout_ms },
         BatchError::Backend(message) => ServiceError::Internal(message),

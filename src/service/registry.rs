@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::pipeline::{self, ImageInput, PreprocessPool};
 use crate::backend::ort::{self as ort_backend, OrtBackend, SessionOptions};
 use crate::backend::{Backend, Device};
+use crate::batcher::latency::LatencyProfile;
 use crate::batcher::{self, Batcher, BatcherConfig, BatcherHandle, policy::Limits};
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
@@ -34,6 +35,9 @@ pub struct LoadOptions {
     pub intra_op_threads: Option<usize>,
     /// `--enable-model-control`: load and unload on request.
     pub model_control: bool,
+    /// `--target-p99-ms`: measure batch latencies at load, choose the largest batch that
+    /// meets the target, and refuse requests that cannot meet their deadline.
+    pub target_p99: Option<Duration>,
 }
 
 /// A model version that is running.
@@ -595,7 +599,7 @@ async fn load_version(
         return Err("no instances".into());
     };
     let (signature, actual_device) = (signature.clone(), *actual_device);
-    let spec = repository::spec::resolve(&config, &signature, labels, &options.defaults)
+    let mut spec = repository::spec::resolve(&config, &signature, labels, &options.defaults)
         .map_err(|error| error.to_string())?;
     let backends: Vec<Box<dyn Backend>> = opened
         .into_iter()
@@ -609,6 +613,13 @@ async fn load_version(
             )) as Box<dyn Backend>
         })
         .collect();
+    let (backends, admission) = match options.target_p99 {
+        Some(target) => {
+            let (backends, profile) = calibrate(backends, &mut spec, target).await?;
+            (backends, Some(profile))
+        }
+        None => (backends, None),
+    };
     let batching = &spec.batching;
     let batcher = batcher::spawn(
         backends,
@@ -623,6 +634,7 @@ async fn load_version(
             max_queue_size: batching.max_queue_size,
             tensor_len: spec.preprocess.tensor_len(),
             classes: spec.classes,
+            admission,
         },
         metrics.clone(),
     )
@@ -650,6 +662,75 @@ async fn load_version(
             Err(reason)
         }
     }
+}
+
+/// Measures batch latencies on the first instance and fits the batching to `target`: the
+/// largest batch whose worst case (waiting for a running batch, then its own) stays within
+/// the target, no queue delay (work-conserving batching fills batches under load by itself).
+async fn calibrate(
+    mut backends: Vec<Box<dyn Backend>>,
+    spec: &mut ModelSpec,
+    target: Duration,
+) -> Result<(Vec<Box<dyn Backend>>, LatencyProfile), String> {
+    let configured = spec.batching.max_batch_size;
+    let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |size| size.checked_mul(2))
+        .take_while(|&size| size < configured)
+        .chain([configured])
+        .chain(spec.batching.preferred_batch_sizes.iter().copied())
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let tensor_len = spec.preprocess.tensor_len();
+    let (backends, points) = tokio::task::spawn_blocking(move || {
+        let mut points = Vec::with_capacity(sizes.len());
+        if let Some(backend) = backends.first_mut() {
+            for size in sizes {
+                let input = vec![0.0; size * tensor_len];
+                // One untimed run (lazy initialisation), then the slowest of three.
+                let mut slowest = Duration::ZERO;
+                for run in 0..4 {
+                    let started = Instant::now();
+                    backend.infer(&input, size)?;
+                    if run > 0 {
+                        slowest = slowest.max(started.elapsed());
+                    }
+                }
+                points.push((size, slowest));
+            }
+        }
+        Ok::<_, crate::backend::BackendError>((backends, points))
+    })
+    .await
+    .map_err(|error| error.to_string())?
+    .map_err(|error| format!("calibration failed: {error}"))?;
+    let profile = LatencyProfile::new(points).ok_or("calibration measured nothing")?;
+    let chosen = profile.max_batch_for(target, configured);
+    let batching = &mut spec.batching;
+    batching.max_batch_size = chosen;
+    batching.max_queue_delay = Duration::ZERO;
+    batching
+        .preferred_batch_sizes
+        .retain(|&size| size <= chosen);
+    batching.target_p99 = Some(target);
+    batching.measured_latency = profile.points().to_vec();
+    let batch_ms = profile.estimate(chosen).as_secs_f64() * 1000.0;
+    if profile.estimate(1) * 2 > target {
+        tracing::warn!(
+            target_p99_ms = target.as_millis() as u64,
+            batch_1_ms = profile.estimate(1).as_secs_f64() * 1000.0,
+            "--target-p99-ms is below two single-image batches; serving one image at a time"
+        );
+    }
+    tracing::info!(
+        target_p99_ms = target.as_millis() as u64,
+        max_batch_size = chosen,
+        configured_max_batch_size = configured,
+        batch_ms,
+        max_queue_delay_us = 0,
+        profile = ?profile.points(),
+        "batching calibrated"
+    );
+    Ok((backends, profile))
 }
 
 /// Runs one batch of each preferred size (and of 1 and the maximum) so the first requests do

@@ -1,0 +1,170 @@
+//! What a model version's batches cost, measured at load time, and the two decisions made
+//! from it (`--target-p99-ms`): the largest batch that keeps the p99 within the target, and
+//! whether a new request can still meet its deadline behind the work queued ahead of it.
+//! Pure functions: no clock reads, no I/O.
+
+use std::time::Duration;
+
+/// Inference time by batch size, measured on one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyProfile {
+    /// `(batch size, time)`, sorted by size, sizes distinct.
+    points: Vec<(usize, Duration)>,
+}
+
+impl LatencyProfile {
+    /// A profile from measurements; `None` when there are none.
+    pub fn new(mut points: Vec<(usize, Duration)>) -> Option<Self> {
+        points.retain(|(size, _)| *size > 0);
+        points.sort_by_key(|(size, _)| *size);
+        points.dedup_by_key(|(size, _)| *size);
+        (!points.is_empty()).then_some(Self { points })
+    }
+
+    /// The measurements.
+    pub fn points(&self) -> &[(usize, Duration)] {
+        &self.points
+    }
+
+    /// Estimated time of a batch of `size`: linear between measured sizes, and beyond the
+    /// largest measured size the largest batch's time per image.
+    pub fn estimate(&self, size: usize) -> Duration {
+        let size = size.max(1);
+        let (first, last) = (self.points[0], self.points[self.points.len() - 1]);
+        if size <= first.0 {
+            return first.1;
+        }
+        if size >= last.0 {
+            return last.1.mul_f64(size as f64 / last.0 as f64);
+        }
+        let upper = self
+            .points
+            .iter()
+            .position(|(measured, _)| *measured >= size)
+            .unwrap_or(self.points.len() - 1);
+        let (low, high) = (self.points[upper - 1], self.points[upper]);
+        let fraction = (size - low.0) as f64 / (high.0 - low.0) as f64;
+        low.1 + (high.1.saturating_sub(low.1)).mul_f64(fraction)
+    }
+
+    /// The largest batch size up to `limit` whose p99 stays within `target`: a request may
+    /// wait for a batch that has just started and then run in the next, so the worst case is
+    /// two batch times. At least 1, even when a single image already misses the target.
+    pub fn max_batch_for(&self, target: Duration, limit: usize) -> usize {
+        (1..=limit.max(1))
+            .rev()
+            .find(|&size| self.estimate(size) * 2 <= target)
+            .unwrap_or(1)
+    }
+}
+
+/// What admission control knows about a batcher at the moment a request arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// Images queued ahead (all priorities: a conservative bound).
+    pub queued_images: usize,
+    /// Batches running now.
+    pub running_batches: usize,
+    /// Model instances (workers).
+    pub instances: usize,
+    /// Largest batch.
+    pub max_batch_size: usize,
+}
+
+/// Expected time until a new job of `images` images has its result, given `load`: a
+/// running batch may have just started on every instance, the queue ahead runs in full
+/// batches across the instances, and the job's own batch holds what is left of the queue.
+pub fn expected_completion(profile: &LatencyProfile, load: Load, images: usize) -> Duration {
+    let max = load.max_batch_size.max(1);
+    let instances = load.instances.max(1);
+    let total = load.queued_images + images.max(1);
+    let per_round = max * instances;
+    let full_rounds = (total - 1) / per_round;
+    let last_round = total - full_rounds * per_round;
+    let own_batch = last_round.div_ceil(instances).min(max);
+    let waiting_for_running = if load.running_batches >= instances {
+        profile.estimate(max)
+    } else {
+        Duration::ZERO
+    };
+    waiting_for_running + profile.estimate(max) * full_rounds as u32 + profile.estimate(own_batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+
+    /// 2 ms + 1 ms per image, measured at 1, 4 and 8.
+    fn profile() -> LatencyProfile {
+        LatencyProfile::new(vec![(8, ms(10)), (1, ms(3)), (4, ms(6)), (4, ms(7))]).unwrap()
+    }
+
+    #[test]
+    fn estimates_interpolate_and_extrapolate() {
+        let profile = profile();
+        assert_eq!(profile.points().len(), 3);
+        assert_eq!(profile.estimate(0), ms(3));
+        assert_eq!(profile.estimate(1), ms(3));
+        assert_eq!(profile.estimate(2), ms(4));
+        assert_eq!(profile.estimate(4), ms(6));
+        assert_eq!(profile.estimate(6), ms(8));
+        assert_eq!(profile.estimate(16), ms(20));
+        assert!(LatencyProfile::new(vec![]).is_none());
+        assert!(LatencyProfile::new(vec![(0, ms(1))]).is_none());
+    }
+
+    #[test]
+    fn the_largest_batch_within_half_the_target_is_chosen() {
+        let profile = profile();
+        // 2 × t(b) ≤ 20 ms → t(b) ≤ 10 ms → b = 8.
+        assert_eq!(profile.max_batch_for(ms(20), 32), 8);
+        assert_eq!(profile.max_batch_for(ms(20), 4), 4);
+        // t(4) = 6 ms: 12 ms allows 4; t(5) = 7 ms → 14 ms > 13 ms.
+        assert_eq!(profile.max_batch_for(ms(13), 32), 4);
+        // Unreachable targets still serve one image at a time.
+        assert_eq!(profile.max_batch_for(ms(1), 32), 1);
+    }
+
+    #[test]
+    fn an_idle_model_costs_one_batch_of_the_job() {
+        let load = Load {
+            queued_images: 0,
+            running_batches: 0,
+            instances: 1,
+            max_batch_size: 8,
+        };
+        assert_eq!(expected_completion(&profile(), load, 1), ms(3));
+        assert_eq!(expected_completion(&profile(), load, 4), ms(6));
+    }
+
+    #[test]
+    fn queued_work_and_running_batches_add_up() {
+        let busy = Load {
+            queued_images: 0,
+            running_batches: 1,
+            instances: 1,
+            max_batch_size: 8,
+        };
+        // Waits for the running batch (a full one, at worst), then runs alone.
+        assert_eq!(expected_completion(&profile(), busy, 1), ms(13));
+        // 20 images ahead + 1: two full batches of 8, then a batch of 5.
+        let queued = Load {
+            queued_images: 20,
+            ..busy
+        };
+        assert_eq!(expected_completion(&profile(), queued, 1), ms(10 + 20 + 7));
+        // Two instances share the queue; one is free, so nothing waits for a running batch.
+        let two = Load {
+            queued_images: 20,
+            running_batches: 1,
+            instances: 2,
+            max_batch_size: 8,
+        };
+        // 21 images: one round of 2 × 8, then 5 left over two instances → batches of 3.
+        assert_eq!(expected_completion(&profile(), two, 1), ms(10 + 5));
+    }
+}
