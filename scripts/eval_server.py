@@ -2,16 +2,19 @@
 """Sends the Fashion-MNIST test set through a running resnet-serve and prints its accuracy.
 
     eval_server.py [--url http://127.0.0.1:8000] [--model fashion-resnet20] [--data DIR]
-                   [--limit N] [--concurrency 8] [--min-accuracy 0.93]
+                   [--limit N] [--concurrency 8] [--min-accuracy 0.93] [--upscale-jpeg SIZE]
 
 Each test image is encoded as a lossless 8-bit grayscale PNG and POSTed as the raw body to
 `/classify` (or `/classify?model=NAME`); the top prediction's `index` is compared with the label.
+With --upscale-jpeg SIZE it is instead enlarged to SIZE×SIZE (bicubic) and sent as a
+quality-90 JPEG: large photos' decode path, e.g. to measure DCT-domain scaling's effect.
 Exits non-zero when accuracy is below --min-accuracy or any request fails.
 """
 import argparse
 import concurrent.futures
 import gzip
 import io
+import itertools
 import json
 import os
 import sys
@@ -44,8 +47,15 @@ def png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def jpeg(image: Image.Image, size: int) -> bytes:
+    buffer = io.BytesIO()
+    image.resize((size, size), Image.BICUBIC).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
 def classify(url: str, body: bytes) -> int:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "image/png"})
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"content-type": "application/octet-stream"})
     with urllib.request.urlopen(request, timeout=60) as response:
         predictions = json.load(response)["predictions"]
     return int(predictions[0]["index"])
@@ -59,10 +69,13 @@ def main() -> int:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--min-accuracy", type=float, default=0.0)
+    parser.add_argument("--upscale-jpeg", type=int, metavar="SIZE")
     args = parser.parse_args()
 
     url = args.url.rstrip("/") + "/classify" + (f"?model={args.model}" if args.model else "")
-    cases = [(png(image), label) for image, label in load_test_set(args.data)][: args.limit]
+    encode = (lambda image: jpeg(image, args.upscale_jpeg)) if args.upscale_jpeg else png
+    cases = [(encode(image), label)
+             for image, label in itertools.islice(load_test_set(args.data), args.limit)]
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
         predicted = list(pool.map(lambda case: classify(url, case[0]), cases))

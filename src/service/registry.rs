@@ -587,6 +587,7 @@ async fn load_version(
             .unwrap_or((cores / instances).max(1)),
     };
     // Building sessions is slow, blocking work: keep it off the async workers.
+    let building = Instant::now();
     let opened = tokio::task::spawn_blocking(move || {
         (0..instances)
             .map(|_| ort_backend::open(&path, &session_options))
@@ -595,6 +596,10 @@ async fn load_version(
     .await
     .map_err(|error| error.to_string())?
     .map_err(|error| error.to_string())?;
+    tracing::info!(
+        model = %dir.name, version, instances,
+        seconds = building.elapsed().as_secs_f64(), "ONNX Runtime sessions built"
+    );
     let Some((_, signature, actual_device)) = opened.first() else {
         return Err("no instances".into());
     };

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""ResNet-50 (torchvision layout, 224², FP32, random weights exported by resnet-train) served
+by resnet-serve against ONNX Runtime alone, in one run: cold start, memory, and throughput
+and latency with preprocessed tensors (V2 gRPC) and with JPEG photos (REST).
+
+    scripts/bench_resnet50.py [--profile debug|release] [--seconds 10]
+
+Writes target/bench-resnet50/{summary.json, tensors/, jpeg/} (resnet-bench reports and plots).
+"""
+
+import argparse
+import json
+import pathlib
+import subprocess
+import threading
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "target/bench-resnet50"
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="debug", choices=["debug", "release"])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--concurrency", default="1,2,4,8,16")
+    args = parser.parse_args()
+    profile = ["--release"] if args.profile == "release" else []
+    subprocess.run(["cargo", "build", "--quiet", *profile, "--features", "train", "--bin", "resnet-serve",
+                    "--bin", "resnet-bench", "--bin", "resnet-train"], check=True, cwd=ROOT)
+    bin_dir = ROOT / "target" / args.profile
+    repository = OUT / "repository"
+    model_dir = repository / "resnet50"
+    onnx = model_dir / "1/model.onnx"
+    if not onnx.exists():
+        subprocess.run([bin_dir / "resnet-train", "export", "--init", "random", "--arch", "resnet50",
+                        "--classes", "1000", "--input", "224", "--output", model_dir], check=True)
+
+    started = time.monotonic()
+    server = subprocess.Popen(
+        [bin_dir / "resnet-serve", "--model-repository", repository, "--host", "127.0.0.1",
+         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--log-format", "json"],
+        stdout=subprocess.PIPE, text=True)
+    events, listening = {}, threading.Event()
+
+    def read_log():
+        for line in server.stdout:
+            entry = json.loads(line)
+            fields = entry.get("fields", {})
+            message = fields.get("message", "")
+            if message in ("ONNX Runtime sessions built", "model ready", "golden check passed"):
+                events[message] = fields.get("seconds", time.monotonic() - started)
+            if "http_address" in fields:
+                events["http"], events["grpc"] = fields["http_address"], fields["grpc_address"]
+                listening.set()
+
+    threading.Thread(target=read_log, daemon=True).start()
+    try:
+        if not listening.wait(600):
+            raise SystemExit("the server did not start")
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{events['http']}/v2/health/ready") as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.02)
+        cold_start = time.monotonic() - started
+        rss_ready = rss_mib(server.pid)
+
+        def bench(name, target, *extra):
+            subprocess.run([bin_dir / "resnet-bench", "--target", target, "--model", "resnet50",
+                            "--warmup-seconds", "3", "--duration-seconds", str(args.seconds),
+                            "--output", OUT / name, *extra], check=True)
+            return json.loads((OUT / name / "report.json").read_text())
+
+        tensors = bench("tensors", events["grpc"], "--protocol", "v2-grpc", "--concurrency",
+                        args.concurrency, "--baseline", "raw-ort", "--onnx", onnx, "--threads", "2",
+                        "--images", ROOT / "tests/fixtures/images")
+        rss_loaded = rss_mib(server.pid)
+        jpeg = bench("jpeg", events["http"], "--protocol", "rest", "--concurrency", "1,4",
+                     "--images", ROOT / "tests/fixtures/images/cat-451x300.jpg")
+    finally:
+        server.terminate()
+        server.wait(60)
+
+    weights_mib = onnx.stat().st_size / 2**20
+    summary = {
+        "profile": args.profile,
+        "cold_start_to_ready_s": cold_start,
+        "session_build_s": events.get("ONNX Runtime sessions built"),
+        "model_load_s": events.get("model ready"),
+        "rss_mib": {"ready": rss_ready, "after_load": rss_loaded, "weights_file": weights_mib},
+        "tensors": {"server_over_raw_ort": tensors["server_over_raw_ort"],
+                    "p50_overhead_at_concurrency_1_ms": tensors["p50_overhead_at_concurrency_1_ms"],
+                    "raw_ort": tensors["raw_ort"],
+                    "levels": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms")}
+                               for level in tensors["levels"]]},
+        "jpeg": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms", "errors")}
+                 for level in jpeg["levels"]],
+    }
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
