@@ -3,9 +3,9 @@
 by resnet-serve against ONNX Runtime alone, in one run: cold start, memory, and throughput
 and latency with preprocessed tensors (V2 gRPC) and with JPEG photos (REST).
 
-    scripts/bench_resnet50.py [--profile debug|release] [--seconds 10]
+    scripts/bench_resnet50.py [--profile debug|release] [--seconds 10] [--cpu-arena true|false]
 
-Writes target/bench-resnet50/{summary.json, tensors/, jpeg/} (resnet-bench reports and plots).
+Writes target/bench-resnet50/{summary-arena-BOOL.json, tensors/, jpeg/} (resnet-bench reports and plots).
 """
 
 import argparse
@@ -29,7 +29,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="debug", choices=["debug", "release"])
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--concurrency", default="1,2,4,8,16")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--cpu-arena", default="false", choices=["true", "false"])
+    parser.add_argument("--cold-start-only", action="store_true",
+                        help="start the server, time it to READY, and stop")
     args = parser.parse_args()
     profile = ["--release"] if args.profile == "release" else []
     subprocess.run(["cargo", "build", "--quiet", *profile, "--features", "train", "--bin", "resnet-serve",
@@ -45,7 +48,8 @@ def main():
     started = time.monotonic()
     server = subprocess.Popen(
         [bin_dir / "resnet-serve", "--model-repository", repository, "--host", "127.0.0.1",
-         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--log-format", "json"],
+         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--log-format", "json",
+         "--cpu-arena", args.cpu_arena],
         stdout=subprocess.PIPE, text=True)
     events, listening = {}, threading.Event()
 
@@ -74,6 +78,11 @@ def main():
             time.sleep(0.02)
         cold_start = time.monotonic() - started
         rss_ready = rss_mib(server.pid)
+        if args.cold_start_only:
+            print(json.dumps({"cold_start_to_ready_s": cold_start, "rss_ready_mib": rss_ready,
+                              "session_build_s": events.get("ONNX Runtime sessions built"),
+                              "model_load_s": events.get("model ready")}))
+            return
 
         def bench(name, target, *extra):
             subprocess.run([bin_dir / "resnet-bench", "--target", target, "--model", "resnet50",
@@ -83,6 +92,7 @@ def main():
 
         tensors = bench("tensors", events["grpc"], "--protocol", "v2-grpc", "--concurrency",
                         args.concurrency, "--baseline", "raw-ort", "--onnx", onnx, "--threads", "2",
+                        "--cpu-arena", args.cpu_arena,
                         "--images", ROOT / "tests/fixtures/images")
         rss_loaded = rss_mib(server.pid)
         jpeg = bench("jpeg", events["http"], "--protocol", "rest", "--concurrency", "1,4",
@@ -106,7 +116,8 @@ def main():
         "jpeg": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms", "errors")}
                  for level in jpeg["levels"]],
     }
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary["cpu_arena"] = args.cpu_arena
+    (OUT / f"summary-arena-{args.cpu_arena}.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
 

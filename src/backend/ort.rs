@@ -117,6 +117,8 @@ pub struct SessionOptions {
     pub allow_cpu_fallback: bool,
     /// Threads for one operator.
     pub intra_op_threads: usize,
+    /// ONNX Runtime's CPU memory arena (keeps freed buffers for reuse; off returns them).
+    pub cpu_arena: bool,
 }
 
 /// A loaded session and what it expects.
@@ -168,6 +170,12 @@ pub fn open(
         .map_err(|error| load_error(error.into()))?
         .with_intra_threads(options.intra_op_threads.max(1))
         .map_err(|error| load_error(error.into()))?;
+    let mut builder = builder;
+    ort::ep::ExecutionProvider::register(
+        &ort::ep::CPU::default().with_arena_allocator(options.cpu_arena),
+        &mut builder,
+    )
+    .map_err(load_error)?;
     let (mut builder, device) = match options.device {
         Device::Cpu => (builder, Device::Cpu),
         Device::Cuda(index) => match cuda(builder, index) {

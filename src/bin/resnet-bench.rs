@@ -59,6 +59,9 @@ struct Args {
     /// Intra-op threads for the baseline (match the server's).
     #[arg(long, default_value = "2")]
     threads: usize,
+    /// ONNX Runtime's CPU memory arena for the baseline (match the server's --cpu-arena).
+    #[arg(long, default_value = "false", action = clap::ArgAction::Set)]
+    cpu_arena: bool,
     /// Report directory.
     #[arg(long, default_value = "bench-report")]
     output: PathBuf,
@@ -482,12 +485,13 @@ fn summarise(
 }
 
 /// ONNX Runtime alone, in this process, at batch sizes 1..=32: images/s and batch-1 latency.
-fn raw_ort(onnx: &Path, threads: usize, seconds: f64) -> anyhow::Result<RawOrt> {
+fn raw_ort(onnx: &Path, threads: usize, cpu_arena: bool, seconds: f64) -> anyhow::Result<RawOrt> {
     ort_backend::init(&ort_backend::library_path(None))?;
     let options = SessionOptions {
         device: resnet_serve::backend::Device::Cpu,
         allow_cpu_fallback: false,
         intra_op_threads: threads,
+        cpu_arena,
     };
     let (session, signature, device) = ort_backend::open(onnx, &options)?;
     let input = signature.inputs.first().context("model has no input")?;
@@ -637,9 +641,9 @@ async fn main() -> anyhow::Result<()> {
     let raw_ort = match (args.baseline, &args.onnx) {
         (Some(Baseline::RawOrt), Some(onnx)) => {
             let onnx = onnx.clone();
-            let (threads, seconds) = (args.threads, args.duration_seconds);
-            let raw =
-                tokio::task::spawn_blocking(move || raw_ort(&onnx, threads, seconds)).await??;
+            let (threads, arena, seconds) = (args.threads, args.cpu_arena, args.duration_seconds);
+            let raw = tokio::task::spawn_blocking(move || raw_ort(&onnx, threads, arena, seconds))
+                .await??;
             eprintln!(
                 "raw ORT: best {:.1} images/s at batch {}, batch-1 {:.2} ms",
                 raw.best_images_per_second, raw.best_batch_size, raw.batch1_latency_ms
