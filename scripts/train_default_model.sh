@@ -6,7 +6,8 @@
 #   scripts/train_default_model.sh status   last log lines
 #   scripts/train_default_model.sh export   export the last checkpoint into models/
 #
-# Checkpoints live outside the work tree (RUN_DIR, default /work/runs/fashion-resnet20) so a
+# The shipped model ran epochs 1-4 with --epochs 25 and was resumed with --epochs 13 (its card
+# explains). Checkpoints live outside the work tree (RUN_DIR, default /work/runs/fashion-resnet20) so a
 # new checkout resumes where the last session stopped; every epoch writes one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
