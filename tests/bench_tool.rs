@@ -90,7 +90,7 @@ fn every_protocol_reports_without_errors() {
     let open = bench(
         &server.address,
         "rest",
-        &["--rate", "20"],
+        &["--rate", "20", "--deadline-ms", "10000"],
         &output.path().join("open"),
     );
     assert_clean_levels(&open, 1);
@@ -104,7 +104,7 @@ fn every_protocol_reports_without_errors() {
         let report = bench(
             target,
             protocol,
-            &["--concurrency", "2"],
+            &["--concurrency", "2", "--deadline-ms", "10000"],
             &output.path().join(protocol),
         );
         assert_clean_levels(&report, 1);

@@ -59,6 +59,10 @@ struct Args {
     /// Intra-op threads for the baseline (match the server's).
     #[arg(long, default_value = "2")]
     threads: usize,
+    /// Deadline sent with every request (`x-request-timeout-ms` on REST, the gRPC deadline
+    /// on gRPC); answers past it count as errors. Unset: the server's default.
+    #[arg(long)]
+    deadline_ms: Option<u64>,
     /// ONNX Runtime's CPU memory arena for the baseline (match the server's --cpu-arena).
     #[arg(long, default_value = "false", action = clap::ArgAction::Set)]
     cpu_arena: bool,
@@ -277,12 +281,16 @@ impl Client {
         })
     }
 
-    /// Sends one image (encoded, or a tensor for V2); returns the outcome label ("200"/"OK"
-    /// or the error status).
-    async fn send(&mut self, image: &[u8]) -> String {
+    /// Sends one image (encoded, or a tensor for V2) with an optional deadline; returns the
+    /// outcome label ("200"/"OK" or the error status).
+    async fn send(&mut self, image: &[u8], deadline: Option<Duration>) -> String {
         match self {
             Self::Rest { http, url } => {
-                match http.post(url.as_str()).body(image.to_vec()).send().await {
+                let mut request = http.post(url.as_str()).body(image.to_vec());
+                if let Some(deadline) = deadline {
+                    request = request.header("x-request-timeout-ms", deadline.as_millis() as u64);
+                }
+                match request.send().await {
                     Ok(response) => {
                         let status = response.status().as_u16().to_string();
                         let _ = response.bytes().await;
@@ -299,7 +307,7 @@ impl Client {
                     }],
                     ..Default::default()
                 };
-                match grpc.classify(request).await {
+                match grpc.classify(with_deadline(request, deadline)).await {
                     Ok(_) => "OK".into(),
                     Err(status) => format!("{:?}", status.code()),
                 }
@@ -309,7 +317,11 @@ impl Client {
                 let header = serde_json::json!({
                     "inputs": [{"name": input.name, "shape": [1, c, h, w], "datatype": "FP32",
                         "parameters": {"binary_data_size": image.len()}}],
-                    "parameters": {"binary_data_output": true},
+                    "parameters": match deadline {
+                        Some(deadline) => serde_json::json!({"binary_data_output": true,
+                            "timeout": deadline.as_micros() as u64}),
+                        None => serde_json::json!({"binary_data_output": true}),
+                    },
                 })
                 .to_string();
                 let mut body = header.clone().into_bytes();
@@ -341,13 +353,22 @@ impl Client {
                     raw_input_contents: vec![image.to_vec()],
                     ..Default::default()
                 };
-                match grpc.model_infer(request).await {
+                match grpc.model_infer(with_deadline(request, deadline)).await {
                     Ok(_) => "OK".into(),
                     Err(status) => format!("{:?}", status.code()),
                 }
             }
         }
     }
+}
+
+/// A gRPC request carrying `deadline` (sent as `grpc-timeout`).
+fn with_deadline<T>(message: T, deadline: Option<Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline);
+    }
+    request
 }
 
 fn is_success(outcome: &str) -> bool {
@@ -391,6 +412,7 @@ async fn closed_loop(
     until: Instant,
 ) -> anyhow::Result<Samples> {
     let mut tasks = Vec::new();
+    let deadline = args.deadline_ms.map(Duration::from_millis);
     for index in 0..clients {
         let mut client = Client::new(args, input).await?;
         let images = images.clone();
@@ -401,7 +423,7 @@ async fn closed_loop(
                 let image = &images[next % images.len()];
                 next += clients;
                 let started = Instant::now();
-                let outcome = client.send(image).await;
+                let outcome = client.send(image, deadline).await;
                 samples.push((started, started.elapsed().as_secs_f64() * 1000.0, outcome));
             }
             samples
@@ -425,6 +447,7 @@ async fn open_loop(
 ) -> anyhow::Result<Samples> {
     // Both clients multiplex over pooled connections, so clones share them.
     let client = Client::new(args, input).await?;
+    let deadline = args.deadline_ms.map(Duration::from_millis);
     let mut tasks = Vec::new();
     let mut next_start = Instant::now();
     let mut random = rand::rng();
@@ -436,7 +459,7 @@ async fn open_loop(
         let mut client = client.clone();
         let scheduled = next_start;
         tasks.push(tokio::spawn(async move {
-            let outcome = client.send(&image).await;
+            let outcome = client.send(&image, deadline).await;
             // From the scheduled start: time a request waits in the client counts too.
             (
                 scheduled,
