@@ -1,9 +1,11 @@
 //! A rolling restart of two replicas under steady load (DESIGN §11): each replica, on SIGTERM,
 //! turns not-ready first, keeps serving through the drain, finishes what it accepted and exits
-//! 0; a client that retries on 503 or a refused connection loses no request.
+//! 0; a client behind a load balancer that health-checks readiness, retrying on 503 or a
+//! refused connection, loses no request.
 
 mod support;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,20 +14,61 @@ use support::{Repository, ServerProcess, default_model_dir, image};
 
 const REPLICA_FLAGS: [&str; 4] = ["--drain-seconds", "1", "--shutdown-timeout-seconds", "10"];
 
-/// Sends one request, retrying on the next replica on 503 or a refused connection, as a
-/// client behind a load balancer would. Returns the final status, or why the request was lost
-/// (a reset or closed connection after it was sent is what a drain must never cause).
+/// What a load balancer knows: the replicas, and which of them failed their last readiness
+/// check (those get no new requests; that is what the drain period is for).
+#[derive(Default)]
+struct Balancer {
+    replicas: Mutex<Vec<String>>,
+    unready: Mutex<HashSet<String>>,
+}
+
+impl Balancer {
+    /// The replica for `turn`: round robin over the ready ones (over all when none is).
+    fn pick(&self, turn: usize) -> String {
+        let replicas = self.replicas.lock().unwrap();
+        let unready = self.unready.lock().unwrap();
+        let ready: Vec<&String> = replicas.iter().filter(|a| !unready.contains(*a)).collect();
+        if ready.is_empty() {
+            replicas[turn % replicas.len()].clone()
+        } else {
+            ready[turn % ready.len()].clone()
+        }
+    }
+
+    /// Checks every replica's readiness every 20 ms while `running`.
+    async fn health_check(self: Arc<Self>, running: Arc<AtomicBool>) {
+        let client = reqwest::Client::new();
+        while running.load(Ordering::Relaxed) {
+            let replicas = self.replicas.lock().unwrap().clone();
+            for address in replicas {
+                let response = client
+                    .get(format!("http://{address}/health/ready"))
+                    .send()
+                    .await;
+                let ready = matches!(response, Ok(response) if response.status() == 200);
+                let mut unready = self.unready.lock().unwrap();
+                if ready {
+                    unready.remove(&address);
+                } else {
+                    unready.insert(address);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Sends one request through the balancer, retrying on another replica on 503 or a refused
+/// connection. Returns the final status, or why the request was lost (a reset or closed
+/// connection after it was sent is what a drain must never cause).
 async fn send_with_retries(
     client: &reqwest::Client,
-    replicas: &Mutex<Vec<String>>,
+    balancer: &Balancer,
     body: &[u8],
     turn: usize,
 ) -> Result<u16, String> {
     for attempt in 0..50 {
-        let address = {
-            let replicas = replicas.lock().unwrap();
-            replicas[(turn + attempt) % replicas.len()].clone()
-        };
+        let address = balancer.pick(turn + attempt);
         let response = client
             .post(format!("http://{address}/classify"))
             .header("content-type", "image/png")
@@ -74,18 +117,17 @@ fn a_rolling_restart_under_load_loses_no_request() {
     let repository = Repository::new().model("fashion", &default_model_dir(), None);
     let mut first = ServerProcess::spawn(repository.path(), &REPLICA_FLAGS);
     let mut second = ServerProcess::spawn(repository.path(), &REPLICA_FLAGS);
-    let replicas = Arc::new(Mutex::new(vec![
-        first.address.clone(),
-        second.address.clone(),
-    ]));
+    let balancer = Arc::new(Balancer::default());
+    *balancer.replicas.lock().unwrap() = vec![first.address.clone(), second.address.clone()];
     let running = Arc::new(AtomicBool::new(true));
     let sent = Arc::new(AtomicUsize::new(0));
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let checker = runtime.spawn(balancer.clone().health_check(running.clone()));
     let body = image("fashion-0-label9.png");
     let clients: Vec<_> = (0..4)
         .map(|worker| {
-            let (replicas, running, sent, body) = (
-                replicas.clone(),
+            let (balancer, running, sent, body) = (
+                balancer.clone(),
                 running.clone(),
                 sent.clone(),
                 body.clone(),
@@ -95,7 +137,7 @@ fn a_rolling_restart_under_load_loses_no_request() {
                 let mut failures = Vec::new();
                 let mut turn = worker;
                 while running.load(Ordering::Relaxed) {
-                    let status = send_with_retries(&client, &replicas, &body, turn).await;
+                    let status = send_with_retries(&client, &balancer, &body, turn).await;
                     sent.fetch_add(1, Ordering::Relaxed);
                     if status != Ok(200) {
                         failures.push(status);
@@ -111,14 +153,15 @@ fn a_rolling_restart_under_load_loses_no_request() {
     // Restart the first replica: drain it, start its replacement, then the second.
     assert!(terminate_and_watch(&mut first), "first replica exit");
     let replacement = ServerProcess::spawn(repository.path(), &REPLICA_FLAGS);
-    replicas.lock().unwrap()[0] = replacement.address.clone();
+    balancer.replicas.lock().unwrap()[0] = replacement.address.clone();
     std::thread::sleep(Duration::from_millis(300));
     assert!(terminate_and_watch(&mut second), "second replica exit");
     let replacement_second = ServerProcess::spawn(repository.path(), &REPLICA_FLAGS);
-    replicas.lock().unwrap()[1] = replacement_second.address.clone();
+    balancer.replicas.lock().unwrap()[1] = replacement_second.address.clone();
     std::thread::sleep(Duration::from_millis(300));
     running.store(false, Ordering::Relaxed);
 
+    runtime.block_on(checker).unwrap();
     let failures: Vec<Result<u16, String>> = runtime
         .block_on(futures::future::join_all(clients))
         .into_iter()

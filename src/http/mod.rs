@@ -111,6 +111,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            close_when_draining,
+        ))
         .with_state(AppState {
             openapi: Arc::from(spec),
             ..state.clone()
@@ -147,6 +151,25 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// While draining, answers HTTP/1 requests with `Connection: close`, so clients stop reusing
+/// their connections before the server closes the idle ones (which would race a request
+/// being sent on one). HTTP/2 gets GOAWAY from the graceful shutdown instead.
+async fn close_when_draining(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let http1 = request.version() < axum::http::Version::HTTP_2;
+    let mut response = next.run(request).await;
+    if http1 && state.classifier.is_draining() {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
     }
     response
 }
