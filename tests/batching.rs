@@ -235,16 +235,7 @@ async fn a_failed_batch_answers_each_request_500_and_the_next_batch_works() {
         .classify_raw("", "image/png", image("fashion-0-label9.png"))
         .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        server
-            .client
-            .get(server.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.get_status("/health/ready").await, 200);
     server.stop().await;
 }
 

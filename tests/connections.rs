@@ -34,8 +34,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
 }
 
 async fn healthy(server: &TestServer) {
-    let live = server.client.get(server.url("/health/live")).send().await;
-    assert_eq!(live.unwrap().status(), 200);
+    assert_eq!(server.get_status("/health/live").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

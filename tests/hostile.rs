@@ -181,15 +181,6 @@ async fn every_hostile_case_gets_its_status_and_the_server_survives() {
                 && (line.contains("code=\"5") || line.contains("Internal"))),
         "{metrics}"
     );
-    assert_eq!(
-        server
-            .client
-            .get(server.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.get_status("/health/ready").await, 200);
     server.stop().await;
 }

@@ -276,25 +276,7 @@ async fn headers_request_id_and_server_timing() {
         serde_json::json!([-1, 1, 28, 28])
     );
     assert_eq!(models["models"][0]["labels"], 10);
-    assert_eq!(
-        server
-            .client
-            .get(server.url("/health/live"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        server
-            .client
-            .get(server.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.get_status("/health/live").await, 200);
+    assert_eq!(server.get_status("/health/ready").await, 200);
     server.stop().await;
 }

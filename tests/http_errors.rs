@@ -362,15 +362,6 @@ async fn bad_input_gets_the_right_status_and_a_clear_message() {
         metrics.contains("resnet_serve_images_total{model=\"slow\"}"),
         "{metrics}"
     );
-    assert_eq!(
-        server
-            .client
-            .get(server.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.get_status("/health/ready").await, 200);
     server.stop().await;
 }

@@ -75,16 +75,7 @@ async fn a_corrupt_model_stops_start_up_or_is_reported_unavailable() {
         &["--exit-on-error=false", "--strict-readiness=false"],
     )
     .await;
-    assert_eq!(
-        server
-            .client
-            .get(server.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.get_status("/health/ready").await, 200);
     server.stop().await;
 }
 
@@ -115,14 +106,7 @@ async fn shutdown_turns_not_ready_then_finishes_in_flight_requests() {
     // Not ready at once, but still accepting during the drain period.
     let mut ready = 200;
     for _ in 0..100 {
-        ready = server
-            .client
-            .get(server.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
+        ready = server.get_status("/health/ready").await;
         if ready == 503 {
             break;
         }
@@ -231,26 +215,8 @@ async fn the_api_key_guards_inference_but_not_health() {
         .await
         .unwrap();
     assert_eq!(right.status(), 200);
-    assert_eq!(
-        server
-            .client
-            .get(server.url("/models"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        server
-            .client
-            .get(server.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.get_status("/models").await, 401);
+    assert_eq!(server.get_status("/health/ready").await, 200);
     assert_eq!(
         server
             .client

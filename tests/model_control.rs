@@ -168,14 +168,7 @@ async fn model_names_and_versions_cannot_reach_outside_the_repository() {
             let status = post(&server, &path).await;
             assert!(matches!(status, 400 | 404), "{path}: {status}");
         }
-        let ready = server
-            .client
-            .get(server.url(&format!("/v2/models/{name}/ready")))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
+        let ready = server.get_status(&format!("/v2/models/{name}/ready")).await;
         assert!(matches!(ready, 400 | 404), "{name} ready: {ready}");
         let response = server
             .classify_raw(

@@ -120,16 +120,7 @@ async fn the_page_can_be_turned_off_and_cors_is_opt_in() {
         &["--no-web-ui", "--cors-allow-origin", "https://app.example"],
     )
     .await;
-    assert_eq!(
-        server
-            .client
-            .get(server.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(server.get_status("/").await, 404);
     let spec: serde_json::Value = server
         .client
         .get(server.url("/openapi.json"))

@@ -157,6 +157,12 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// The status of `GET path`.
+    pub async fn get_status(&self, path: &str) -> u16 {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        response.status().as_u16()
+    }
+
     /// POSTs raw bytes to /classify with a content type.
     pub async fn classify_raw(
         &self,
