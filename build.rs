@@ -25,6 +25,8 @@ fn compile_protos(out_dir: &Path) -> anyhow::Result<()> {
     let descriptors = protox::compile(&protos, ["proto"]).context("compiling proto/")?;
     std::fs::write(out_dir.join("descriptors.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Tensors of hundreds of KB: decoded as slices of the received buffer, not copied.
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
         .compile_fds(descriptors)
         .context("generating protobuf code")?;
     Ok(())

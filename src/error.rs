@@ -71,17 +71,20 @@ pub enum ServiceError {
         /// Capacity in images.
         capacity: usize,
     },
-    /// Admission control: the queue ahead would run past the request's deadline.
+    /// Admission control: the queue ahead would run past the request's deadline or the
+    /// model's latency target.
     #[error(
-        "model `{model}` cannot meet the deadline: about {expected_ms} ms of work is queued ahead and {budget_ms} ms remain; retry later or elsewhere"
+        "model `{model}` cannot answer in time: about {expected_ms} ms of work is queued ahead, and {budget_ms} ms {bound}; retry later or elsewhere"
     )]
     WouldMissDeadline {
         /// Model name.
         model: String,
         /// Expected time to the result.
         expected_ms: u64,
-        /// Time left to the deadline.
+        /// The time allowed.
         budget_ms: u64,
+        /// What allows it: "remain to the deadline" or "is the model's latency target".
+        bound: &'static str,
     },
     /// The deadline passed before inference.
     #[error("deadline of {timeout_ms} ms exceeded before inference")]

@@ -73,6 +73,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         model_control: config.lifecycle.enable_model_control,
         target_p99: config.batching.target_p99_ms.map(Duration::from_millis),
         cpu_arena: config.runtime.cpu_arena,
+        intra_op_spinning: config.runtime.intra_op_spinning,
     };
     let registry = registry::load(&options, &pool, &metrics)
         .await

@@ -81,7 +81,7 @@ async fn v2_grpc(
             shape: vec![1],
             ..Default::default()
         }],
-        raw_input_contents: vec![bytes_element(bytes)],
+        raw_input_contents: vec![bytes_element(bytes).into()],
         ..Default::default()
     };
     match client.model_infer(message).await {

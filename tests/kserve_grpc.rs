@@ -46,7 +46,8 @@ fn raw_request(tensor: &[f32], batch: i64) -> ModelInferRequest {
             tensor
                 .iter()
                 .flat_map(|value| value.to_le_bytes())
-                .collect(),
+                .collect::<Vec<u8>>()
+                .into(),
         ],
         ..ModelInferRequest::default()
     }
@@ -185,7 +186,7 @@ async fn inference_service_answers_like_triton() {
             name: "logits".into(),
             parameters: HashMap::from([("classification".into(), int_parameter(2))]),
         }],
-        raw_input_contents: vec![raw],
+        raw_input_contents: vec![raw.into()],
         ..ModelInferRequest::default()
     };
     let response = client.model_infer(request).await.unwrap().into_inner();

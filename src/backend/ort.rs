@@ -119,6 +119,8 @@ pub struct SessionOptions {
     pub intra_op_threads: usize,
     /// ONNX Runtime's CPU memory arena (keeps freed buffers for reuse; off returns them).
     pub cpu_arena: bool,
+    /// Intra-op threads spin-wait for work instead of sleeping (ONNX Runtime's default).
+    pub intra_op_spinning: bool,
 }
 
 /// A loaded session and what it expects.
@@ -169,6 +171,8 @@ pub fn open(
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|error| load_error(error.into()))?
         .with_intra_threads(options.intra_op_threads.max(1))
+        .map_err(|error| load_error(error.into()))?
+        .with_intra_op_spinning(options.intra_op_spinning)
         .map_err(|error| load_error(error.into()))?;
     let mut builder = builder;
     ort::ep::ExecutionProvider::register(

@@ -5,7 +5,7 @@ pub mod latency;
 pub mod policy;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -91,15 +91,16 @@ pub enum BatchError {
         /// Queue capacity in images.
         capacity: usize,
     },
-    /// Admission control: the work queued ahead would run past the job's deadline.
-    #[error(
-        "the deadline cannot be met: about {expected_ms} ms of work is ahead, {budget_ms} ms remain"
-    )]
+    /// Admission control: the work queued ahead would run past the job's deadline or the
+    /// latency target.
+    #[error("about {expected_ms} ms of work is ahead, and {budget_ms} ms {bound}")]
     WouldMissDeadline {
         /// Expected time to the result.
         expected_ms: u64,
-        /// Time left to the deadline.
+        /// The time allowed.
         budget_ms: u64,
+        /// What allows it: "remain to the deadline" or "is the model's latency target".
+        bound: &'static str,
     },
     /// The batcher is stopping.
     #[error("the model is shutting down")]
@@ -128,8 +129,17 @@ pub struct BatcherConfig {
     pub tensor_len: usize,
     /// Logits per image.
     pub classes: usize,
-    /// Batch latencies for admission control by deadline (`--target-p99-ms`); `None` = off.
-    pub admission: Option<LatencyProfile>,
+    /// Admission control (`--target-p99-ms`); `None` = off.
+    pub admission: Option<LatencyTarget>,
+}
+
+/// What admission control is given: measured batch times and the latency target.
+#[derive(Debug, Clone)]
+pub struct LatencyTarget {
+    /// Inference time by batch size.
+    pub profile: LatencyProfile,
+    /// `--target-p99-ms`: requests expected to take longer are refused.
+    pub target: Duration,
 }
 
 /// The submitting side of a batcher; cheap to clone.
@@ -138,35 +148,88 @@ pub struct BatcherHandle {
     /// To the scheduler task.
     jobs: mpsc::Sender<Job>,
     queued: Arc<AtomicUsize>,
-    /// Batches running on the workers now.
-    running: Arc<AtomicUsize>,
     capacity: usize,
     metrics: Arc<Metrics>,
     model: String,
     admission: Option<Arc<Admission>>,
 }
 
-/// What admission control by deadline needs besides the live counters.
+/// What admission control needs besides the queue counter: the measured batch times, the
+/// target, and when each instance's running batch is expected to finish.
 struct Admission {
     profile: LatencyProfile,
-    instances: usize,
+    target: Duration,
     max_batch_size: usize,
+    /// Origin of `busy_until`.
+    epoch: Instant,
+    /// Per instance: expected end of its running batch in nanoseconds after `epoch`, 0 when idle.
+    busy_until: Vec<AtomicU64>,
+}
+
+impl Admission {
+    /// Zero when an instance is idle, else the time until the first running batch should end.
+    fn until_instance_free(&self, now: Instant) -> Duration {
+        let elapsed = now.duration_since(self.epoch);
+        self.busy_until
+            .iter()
+            .map(|until| match until.load(Ordering::Acquire) {
+                0 => Duration::ZERO,
+                until => Duration::from_nanos(until).saturating_sub(elapsed),
+            })
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// Worker `index` started a batch of `images`.
+    fn started(&self, index: usize, images: usize, now: Instant) {
+        let until = now.duration_since(self.epoch) + self.profile.estimate(images);
+        if let Some(slot) = self.busy_until.get(index) {
+            let nanos = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX).max(1);
+            slot.store(nanos, Ordering::Release);
+        }
+    }
+
+    /// Worker `index` is idle.
+    fn finished(&self, index: usize) {
+        if let Some(slot) = self.busy_until.get(index) {
+            slot.store(0, Ordering::Release);
+        }
+    }
 }
 
 impl BatcherHandle {
+    /// The same batcher with admission control off, for the server's own requests (warm-up,
+    /// golden check) that must run whatever the target.
+    pub fn without_admission(&self) -> Self {
+        Self {
+            admission: None,
+            ..self.clone()
+        }
+    }
+
     /// Queues a job, or refuses it at once when the queue is full or closed, or (with
-    /// admission control) when it cannot finish before its deadline behind the queue.
+    /// admission control) when behind the queue it would finish past its deadline or the
+    /// latency target, whichever comes first.
     pub fn submit(&self, job: Job) -> Result<(), BatchError> {
         let images = job.images;
         if let Some(admission) = &self.admission {
+            let now = Instant::now();
             let load = Load {
                 queued_images: self.queued.load(Ordering::Acquire),
-                running_batches: self.running.load(Ordering::Acquire),
-                instances: admission.instances,
+                until_instance_free: admission.until_instance_free(now),
+                instances: admission.busy_until.len(),
                 max_batch_size: admission.max_batch_size,
             };
             let expected = latency::expected_completion(&admission.profile, load, images);
-            let budget = job.deadline.saturating_duration_since(Instant::now());
+            let to_deadline = job.deadline.saturating_duration_since(now);
+            // A target below one batch of the job cannot be met even when idle: then only
+            // waiting is refused.
+            let target = admission.target.max(admission.profile.estimate(images));
+            let (budget, bound) = if target < to_deadline {
+                (target, "is the model's latency target")
+            } else {
+                (to_deadline, "remain to the deadline")
+            };
             if expected > budget {
                 self.metrics
                     .rejected
@@ -175,6 +238,7 @@ impl BatcherHandle {
                 return Err(BatchError::WouldMissDeadline {
                     expected_ms: expected.as_millis() as u64,
                     budget_ms: budget.as_millis() as u64,
+                    bound,
                 });
             }
         }
@@ -263,7 +327,18 @@ pub fn spawn(
     // Each worker reports itself idle here; one slot per worker suffices.
     let (idle_tx, idle_rx) = mpsc::channel(backends.len().max(1));
     let instances = backends.len().max(1);
-    let running = Arc::new(AtomicUsize::new(0));
+    let admission = config
+        .admission
+        .clone()
+        .map(|LatencyTarget { profile, target }| {
+            Arc::new(Admission {
+                profile,
+                target,
+                max_batch_size: config.limits.max_batch_size,
+                epoch: Instant::now(),
+                busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
+            })
+        });
     let mut workers = Vec::new();
     let mut worker_inputs = Vec::new();
     for (index, backend) in backends.into_iter().enumerate() {
@@ -274,7 +349,6 @@ pub fn spawn(
             backend,
             batches: batch_rx,
             idle: idle_tx.clone(),
-            running: running.clone(),
             config: config.clone(),
             metrics: metrics.clone(),
         };
@@ -293,21 +367,13 @@ pub fn spawn(
         workers: worker_inputs,
         idle_workers: Vec::new(),
         queued: queued.clone(),
-        running: running.clone(),
+        admission: admission.clone(),
         metrics: metrics.clone(),
         model: config.model.clone(),
     };
-    let admission = config.admission.map(|profile| {
-        Arc::new(Admission {
-            profile,
-            instances,
-            max_batch_size: config.limits.max_batch_size,
-        })
-    });
     let handle = BatcherHandle {
         jobs: jobs_tx,
         queued,
-        running,
         capacity: config.max_queue_size,
         metrics,
         model: config.model,
@@ -330,7 +396,8 @@ struct Scheduler {
     workers: Vec<mpsc::Sender<Vec<Job>>>,
     idle_workers: Vec<usize>,
     queued: Arc<AtomicUsize>,
-    running: Arc<AtomicUsize>,
+    /// Told when batches start and end, when admission control is on.
+    admission: Option<Arc<Admission>>,
     metrics: Arc<Metrics>,
     model: String,
 }
@@ -355,7 +422,12 @@ impl Scheduler {
                     Some(job) => self.policy.push(job, Instant::now()),
                     None => open = false,
                 },
-                Some(worker) = self.idle.recv() => self.idle_workers.push(worker),
+                Some(worker) = self.idle.recv() => {
+                    if let Some(admission) = &self.admission {
+                        admission.finished(worker);
+                    }
+                    self.idle_workers.push(worker);
+                }
                 () = sleep => {}
             }
             wake = self.dispatch(Instant::now());
@@ -386,7 +458,9 @@ impl Scheduler {
                 Decision::Run(batch) => {
                     self.idle_workers.pop();
                     let images: usize = batch.iter().map(|job| job.images).sum();
-                    self.running.fetch_add(1, Ordering::AcqRel);
+                    if let Some(admission) = &self.admission {
+                        admission.started(worker, images, now);
+                    }
                     self.dequeued(images);
                     let sent = match self.workers.get(worker) {
                         Some(sender) => sender.try_send(batch).map_err(|error| error.into_inner()),
@@ -394,7 +468,9 @@ impl Scheduler {
                     };
                     // Unreachable while the worker lives: it only reports idle with an empty slot.
                     if let Err(batch) = sent {
-                        self.running.fetch_sub(1, Ordering::AcqRel);
+                        if let Some(admission) = &self.admission {
+                            admission.finished(worker);
+                        }
                         for job in batch {
                             let _ = job.respond.send(Err(BatchError::ShuttingDown));
                         }
@@ -424,8 +500,6 @@ struct Worker {
     batches: mpsc::Receiver<Vec<Job>>,
     /// To the scheduler, after each batch.
     idle: mpsc::Sender<usize>,
-    /// Batches running, shared with the scheduler and admission control.
-    running: Arc<AtomicUsize>,
     config: BatcherConfig,
     metrics: Arc<Metrics>,
 }
@@ -435,7 +509,6 @@ impl Worker {
         let mut input = Vec::new();
         while let Some(batch) = self.batches.blocking_recv() {
             self.run_batch(batch, &mut input);
-            self.running.fetch_sub(1, Ordering::AcqRel);
             if self.idle.blocking_send(self.index).is_err() {
                 break;
             }

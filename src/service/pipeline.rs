@@ -182,10 +182,12 @@ fn batch_error(error: BatchError, model: &str, timeout_ms: u64) -> ServiceError 
         BatchError::WouldMissDeadline {
             expected_ms,
             budget_ms,
+            bound,
         } => ServiceError::WouldMissDeadline {
             model: model.to_string(),
             expected_ms,
             budget_ms,
+            bound,
         },
         BatchError::ShuttingDown => ServiceError::ShuttingDown,
         BatchError::DeadlineExceeded { .. } => ServiceError::DeadlineExceeded { timeout_ms },

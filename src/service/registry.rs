@@ -12,7 +12,7 @@ use super::pipeline::{self, ImageInput, PreprocessPool};
 use crate::backend::ort::{self as ort_backend, OrtBackend, SessionOptions};
 use crate::backend::{Backend, Device};
 use crate::batcher::latency::LatencyProfile;
-use crate::batcher::{self, Batcher, BatcherConfig, BatcherHandle, policy::Limits};
+use crate::batcher::{self, Batcher, BatcherConfig, BatcherHandle, LatencyTarget, policy::Limits};
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
 use crate::preprocess::PreprocessSpec;
@@ -37,8 +37,11 @@ pub struct LoadOptions {
     pub model_control: bool,
     /// `--cpu-arena`.
     pub cpu_arena: bool,
-    /// `--target-p99-ms`: measure batch latencies at load, choose the largest batch that
-    /// meets the target, and refuse requests that cannot meet their deadline.
+    /// `--intra-op-spinning`.
+    pub intra_op_spinning: bool,
+    /// `--target-p99-ms`: measure batch latencies at load, choose the fastest batch size that
+    /// meets the target, and refuse requests that would finish past the target or their
+    /// deadline.
     pub target_p99: Option<Duration>,
 }
 
@@ -588,6 +591,7 @@ async fn load_version(
             .intra_op_threads
             .unwrap_or((cores / instances).max(1)),
         cpu_arena: options.cpu_arena,
+        intra_op_spinning: options.intra_op_spinning,
     };
     // Building sessions is slow, blocking work: keep it off the async workers.
     let building = Instant::now();
@@ -624,7 +628,7 @@ async fn load_version(
     let (backends, admission) = match options.target_p99 {
         Some(target) => {
             let (backends, profile) = calibrate(backends, &mut spec, target).await?;
-            (backends, Some(profile))
+            (backends, Some(LatencyTarget { profile, target }))
         }
         None => (backends, None),
     };
@@ -656,16 +660,23 @@ async fn load_version(
         preprocess: Arc::new(spec.preprocess.clone()),
         spec,
         device: actual_device,
-        batcher: handle,
+        // The checks below are the server's own: not subject to the latency target.
+        batcher: handle.without_admission(),
     };
     let checked = async {
         warm_up(&loaded).await?;
         check_golden(dir, &loaded, pool).await
     };
     match checked.await {
-        Ok(()) => Ok((loaded, batcher)),
+        Ok(()) => Ok((
+            LoadedModel {
+                batcher: handle,
+                ..loaded
+            },
+            batcher,
+        )),
         Err(reason) => {
-            drop(loaded);
+            drop((loaded, handle));
             batcher.shutdown().await;
             Err(reason)
         }
@@ -673,8 +684,9 @@ async fn load_version(
 }
 
 /// Measures batch latencies on the first instance and fits the batching to `target`: the
-/// largest batch whose worst case (waiting for a running batch, then its own) stays within
-/// the target, no queue delay (work-conserving batching fills batches under load by itself).
+/// fastest batch size (images/s) whose worst case (waiting for a running batch, then its own)
+/// stays within the target, no queue delay (work-conserving batching fills batches under load
+/// by itself).
 async fn calibrate(
     mut backends: Vec<Box<dyn Backend>>,
     spec: &mut ModelSpec,
@@ -712,7 +724,7 @@ async fn calibrate(
     .map_err(|error| error.to_string())?
     .map_err(|error| format!("calibration failed: {error}"))?;
     let profile = LatencyProfile::new(points).ok_or("calibration measured nothing")?;
-    let chosen = profile.max_batch_for(target, configured);
+    let chosen = profile.batch_size_for(target, configured);
     let batching = &mut spec.batching;
     batching.max_batch_size = chosen;
     batching.max_queue_delay = Duration::ZERO;

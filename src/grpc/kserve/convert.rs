@@ -52,9 +52,7 @@ pub fn request(
         .into_iter()
         .map(|input| {
             let data = match raw_contents.next() {
-                Some(raw) => {
-                    tensor::decode(&input.name, &input.datatype, &input.shape, Bytes::from(raw))?
-                }
+                Some(raw) => tensor::decode(&input.name, &input.datatype, &input.shape, raw)?,
                 None => typed_input(&input)?,
             };
             Ok(InferInput {
