@@ -4,6 +4,7 @@ by resnet-serve against ONNX Runtime alone, in one run: cold start, memory, and 
 and latency with preprocessed tensors (V2 gRPC) and with JPEG photos (REST).
 
     scripts/bench_resnet50.py [--profile debug|release] [--seconds 10] [--cpu-arena true|false]
+                              [--target-p99-ms 1000]
 
 Writes target/bench-resnet50/{summary-arena-BOOL.json, tensors/, jpeg/} (resnet-bench reports and plots).
 """
@@ -12,24 +13,20 @@ import argparse
 import json
 import pathlib
 import subprocess
-import threading
-import time
-import urllib.request
+
+from served import Server
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "target/bench-resnet50"
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="debug", choices=["debug", "release"])
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--concurrency", default="1,4,8,16")
+    parser.add_argument("--target-p99-ms", default="1000",
+                        help="the load runs' server calibrates its batching to this target")
     parser.add_argument("--cpu-arena", default="false", choices=["true", "false"])
     parser.add_argument("--cold-start-only", action="store_true",
                         help="start the server, time it to READY, and stop")
@@ -45,61 +42,43 @@ def main():
         subprocess.run([bin_dir / "resnet-train", "export", "--init", "random", "--arch", "resnet50",
                         "--classes", "1000", "--input", "224", "--output", model_dir], check=True)
 
-    started = time.monotonic()
-    server = subprocess.Popen(
-        [bin_dir / "resnet-serve", "--model-repository", repository, "--host", "127.0.0.1",
-         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--log-format", "json",
-         "--cpu-arena", args.cpu_arena],
-        stdout=subprocess.PIPE, text=True)
-    events, listening = {}, threading.Event()
-
-    def read_log():
-        for line in server.stdout:
-            entry = json.loads(line)
-            fields = entry.get("fields", {})
-            message = fields.get("message", "")
-            if message in ("ONNX Runtime sessions built", "model ready", "golden check passed"):
-                events[message] = fields.get("seconds", time.monotonic() - started)
-            if "http_address" in fields:
-                events["http"], events["grpc"] = fields["http_address"], fields["grpc_address"]
-                listening.set()
-
-    threading.Thread(target=read_log, daemon=True).start()
+    # Cold start as configured (no calibration), then the load runs on a server that calibrated
+    # its batching to --target-p99-ms: it picks the batch size with the most images/s.
+    server = Server(bin_dir / "resnet-serve", repository, "--cpu-arena", args.cpu_arena)
     try:
-        if not listening.wait(600):
-            raise SystemExit("the server did not start")
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{events['http']}/v2/health/ready") as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.02)
-        cold_start = time.monotonic() - started
-        rss_ready = rss_mib(server.pid)
-        if args.cold_start_only:
-            print(json.dumps({"cold_start_to_ready_s": cold_start, "rss_ready_mib": rss_ready,
-                              "session_build_s": events.get("ONNX Runtime sessions built"),
-                              "model_load_s": events.get("model ready")}))
-            return
+        cold_start = server.wait_ready()
+        rss_ready = server.rss_mib()
+        events = dict(server.events)
+    finally:
+        server.stop()
+    if args.cold_start_only:
+        print(json.dumps({"cold_start_to_ready_s": cold_start, "rss_ready_mib": rss_ready,
+                          "session_build_s": events.get("ONNX Runtime sessions built"),
+                          "model_load_s": events.get("model ready")}))
+        return
+
+    server = Server(bin_dir / "resnet-serve", repository, "--cpu-arena", args.cpu_arena,
+                    "--target-p99-ms", args.target_p99_ms)
+    try:
+        server.wait_ready()
 
         def bench(name, target, *extra):
             subprocess.run([bin_dir / "resnet-bench", "--target", target, "--model", "resnet50",
                             "--warmup-seconds", "3", "--duration-seconds", str(args.seconds),
-                            "--output", OUT / name, *extra], check=True)
+                            "--metrics", server.metrics, "--output", OUT / name, *extra],
+                           check=True)
             return json.loads((OUT / name / "report.json").read_text())
 
-        tensors = bench("tensors", events["grpc"], "--protocol", "v2-grpc", "--concurrency",
+        tensors = bench("tensors", server.grpc, "--protocol", "v2-grpc", "--concurrency",
                         args.concurrency, "--baseline", "raw-ort", "--onnx", onnx, "--threads", "2",
                         "--cpu-arena", args.cpu_arena,
                         "--images", ROOT / "tests/fixtures/images")
-        rss_loaded = rss_mib(server.pid)
-        jpeg = bench("jpeg", events["http"], "--protocol", "rest", "--concurrency", "1,4",
+        rss_loaded = server.rss_mib()
+        jpeg = bench("jpeg", server.http, "--protocol", "rest", "--concurrency", "1,4",
                      "--images", ROOT / "tests/fixtures/images/cat-451x300.jpg")
+        calibration = server.events.get("batching calibrated")
     finally:
-        server.terminate()
-        server.wait(60)
+        server.stop()
 
     weights_mib = onnx.stat().st_size / 2**20
     summary = {
@@ -108,10 +87,14 @@ def main():
         "session_build_s": events.get("ONNX Runtime sessions built"),
         "model_load_s": events.get("model ready"),
         "rss_mib": {"ready": rss_ready, "after_load": rss_loaded, "weights_file": weights_mib},
+        "target_p99_ms": args.target_p99_ms,
+        "calibration_s": calibration,
         "tensors": {"server_over_raw_ort": tensors["server_over_raw_ort"],
+                    "inference_in_server_over_raw_ort": tensors["inference_in_server_over_raw_ort"],
                     "p50_overhead_at_concurrency_1_ms": tensors["p50_overhead_at_concurrency_1_ms"],
                     "raw_ort": tensors["raw_ort"],
-                    "levels": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms")}
+                    "levels": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms",
+                                                      "server")}
                                for level in tensors["levels"]]},
         "jpeg": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms", "errors")}
                  for level in jpeg["levels"]],

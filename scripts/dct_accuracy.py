@@ -14,7 +14,8 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import threading
+
+from served import Server
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -37,18 +38,8 @@ def main():
         (target / "config.toml").write_text(config)
 
     subprocess.run(["cargo", "build", "--quiet", "--bin", "resnet-serve"], check=True, cwd=ROOT)
-    server = subprocess.Popen(
-        [ROOT / "target/debug/resnet-serve", "--model-repository", repository, "--default-model",
-         "full", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
-         "--metrics-port", "0", "--log-format", "json"],
-        stdout=subprocess.PIPE, text=True)
-    address = None
-    for line in server.stdout:
-        fields = json.loads(line).get("fields", {})
-        if "http_address" in fields:
-            address = fields["http_address"]
-            break
-    threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()
+    server = Server(ROOT / "target/debug/resnet-serve", repository, "--default-model", "full")
+    address = server.http
     results = {}
     try:
         for name in ("full", "dct"):
@@ -58,8 +49,7 @@ def main():
                 check=True, capture_output=True, text=True).stdout
             results[name] = json.loads(output.strip().splitlines()[-1])
     finally:
-        server.terminate()
-        server.wait(60)
+        server.stop()
     difference = results["dct"]["accuracy"] - results["full"]["accuracy"]
     print(json.dumps({"size": args.size, "images": args.limit, "full_decode": results["full"],
                       "dct_scaling": results["dct"], "accuracy_difference": difference}, indent=1))

@@ -19,29 +19,9 @@ import sys
 import threading
 import time
 
+from served import Server
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def start_server(binary, repository):
-    server = subprocess.Popen(
-        [binary, "--model-repository", str(repository), "--host", "127.0.0.1",
-         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--log-format", "json"],
-        stdout=subprocess.PIPE, text=True)
-    for line in server.stdout:
-        fields = json.loads(line).get("fields", {})
-        if "http_address" in fields:
-            # Keep reading the log so the server never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()
-            return server, fields["http_address"]
-    raise RuntimeError("the server exited before listening")
 
 
 def bench(binary, address, output, *args):
@@ -90,7 +70,8 @@ def main():
     output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
 
-    server, address = start_server(str(target / "resnet-serve"), args.repository)
+    server = Server(target / "resnet-serve", args.repository)
+    address = server.http
     try:
         capacity_report = bench(target / "resnet-bench", address, output / "capacity",
                                 "--concurrency", "8", "--warmup-seconds", "2",
@@ -105,7 +86,7 @@ def main():
 
         def sample():
             while not stop.is_set():
-                samples.append((time.monotonic() - started, rss_mib(server.pid)))
+                samples.append((time.monotonic() - started, server.rss_mib()))
                 stop.wait(max(0.5, args.seconds / 300))
 
         sampler = threading.Thread(target=sample)
@@ -115,8 +96,8 @@ def main():
         stop.set()
         sampler.join()
     finally:
-        server.terminate()
-        exit_code = server.wait(timeout=60)
+        server.process.terminate()
+        exit_code = server.process.wait(timeout=60)
 
     level = load_report["levels"][0]
     fifth = max(1, len(samples) // 5)

@@ -1,6 +1,7 @@
 //! `resnet-bench` against a real server for a few seconds per protocol: the report is
 //! well-formed, every level has requests and zero errors, and the raw-ORT baseline and the
-//! ratio are there. Not a timing test: no number is compared with a threshold.
+//! ratio are there, and with `--metrics` the server's side of each level. Not a timing test:
+//! no number is compared with a threshold.
 
 mod support;
 
@@ -75,10 +76,29 @@ fn every_protocol_reports_without_errors() {
             onnx,
             "--threads",
             "1",
+            "--metrics",
+            &server.metrics_address,
         ],
         &output.path().join("rest"),
     );
     assert_clean_levels(&report, 2);
+    // The server's side of each level, from its metrics: it ran inference in the window.
+    for level in report["levels"].as_array().unwrap() {
+        let server = &level["server"];
+        assert!(
+            server["inference_busy_fraction"].as_f64().unwrap() > 0.0,
+            "{server}"
+        );
+        assert!(
+            server["inference_images_per_second"].as_f64().unwrap() > 0.0,
+            "{server}"
+        );
+        assert!(
+            server["mean_batch_size"].as_f64().unwrap() >= 1.0,
+            "{server}"
+        );
+    }
+    assert!(report["inference_in_server_over_raw_ort"].as_f64().unwrap() > 0.0);
     let raw = &report["raw_ort"];
     assert!(
         raw["best_images_per_second"].as_f64().unwrap() > 0.0,

@@ -82,18 +82,31 @@ pub struct Load {
 
 /// Expected time until a new job of `images` images has its result, given `load`: the first
 /// instance to free up takes the queue ahead, which runs in full batches across the
-/// instances, and the job's own batch holds what is left of the queue.
+/// instances, then the job's own batch. That batch runs at once and alone only on an idle
+/// model; otherwise jobs that arrive while it waits fill it up (batching takes all that
+/// waits), so it is counted as full.
 pub fn expected_completion(profile: &LatencyProfile, load: Load, images: usize) -> Duration {
     let max = load.max_batch_size.max(1);
     let instances = load.instances.max(1);
     let total = load.queued_images + images.max(1);
     let per_round = max * instances;
     let full_rounds = (total - 1) / per_round;
-    let last_round = total - full_rounds * per_round;
-    let own_batch = last_round.div_ceil(instances).min(max);
+    let idle = load.queued_images == 0 && load.until_instance_free.is_zero();
+    let own_batch = if idle { images.clamp(1, max) } else { max };
     load.until_instance_free
         + profile.estimate(max) * full_rounds as u32
         + profile.estimate(own_batch)
+}
+
+/// The running estimate of how much slower batches run now than at calibration (under load
+/// the cores are shared with request handling, so inference is slower than on an idle
+/// model): `current` moved a tenth of the way to what one batch showed, within 0.5–4.
+pub fn updated_slowdown(current: f64, estimated: Duration, actual: Duration) -> f64 {
+    if estimated.is_zero() {
+        return current;
+    }
+    let observed = actual.as_secs_f64() / estimated.as_secs_f64();
+    (current + (observed - current) * 0.1).clamp(0.5, 4.0)
 }
 
 #[cfg(test)]
@@ -148,6 +161,20 @@ mod tests {
     }
 
     #[test]
+    fn the_slowdown_follows_what_batches_show() {
+        let mut slowdown = 1.0;
+        for _ in 0..100 {
+            slowdown = updated_slowdown(slowdown, ms(100), ms(120));
+        }
+        assert!((slowdown - 1.2).abs() < 1e-3, "{slowdown}");
+        // One odd batch moves it a tenth of the way.
+        assert!((updated_slowdown(1.0, ms(100), ms(300)) - 1.2).abs() < 1e-9);
+        // Bounded, and nothing learnt from a zero estimate.
+        assert_eq!(updated_slowdown(3.9, ms(1), ms(1000)), 4.0);
+        assert_eq!(updated_slowdown(1.0, Duration::ZERO, ms(5)), 1.0);
+    }
+
+    #[test]
     fn an_idle_model_costs_one_batch_of_the_job() {
         let load = Load {
             queued_images: 0,
@@ -167,14 +194,14 @@ mod tests {
             instances: 1,
             max_batch_size: 8,
         };
-        // Waits for what is left of the running batch, then runs alone.
-        assert_eq!(expected_completion(&profile(), busy, 1), ms(4 + 3));
-        // 20 images ahead + 1: two full batches of 8, then a batch of 5.
+        // Waits for what is left of the running batch, then in a batch that others fill.
+        assert_eq!(expected_completion(&profile(), busy, 1), ms(4 + 10));
+        // 20 images ahead + 1: two full batches of 8, then its own.
         let queued = Load {
             queued_images: 20,
             ..busy
         };
-        assert_eq!(expected_completion(&profile(), queued, 1), ms(4 + 20 + 7));
+        assert_eq!(expected_completion(&profile(), queued, 1), ms(4 + 20 + 10));
         // Two instances share the queue; one is free, so nothing waits for a running batch.
         let two = Load {
             queued_images: 20,
@@ -182,7 +209,7 @@ mod tests {
             instances: 2,
             max_batch_size: 8,
         };
-        // 21 images: one round of 2 × 8, then 5 left over two instances → batches of 3.
-        assert_eq!(expected_completion(&profile(), two, 1), ms(10 + 5));
+        // 21 images: one round of 2 × 8, then its own batch.
+        assert_eq!(expected_completion(&profile(), two, 1), ms(10 + 10));
     }
 }

@@ -164,6 +164,9 @@ struct Admission {
     epoch: Instant,
     /// Per instance: expected end of its running batch in nanoseconds after `epoch`, 0 when idle.
     busy_until: Vec<AtomicU64>,
+    /// How much slower batches run now than at calibration (`f64` bits): see
+    /// [`latency::updated_slowdown`].
+    slowdown: AtomicU64,
 }
 
 impl Admission {
@@ -180,9 +183,25 @@ impl Admission {
             .unwrap_or_default()
     }
 
+    fn slowdown(&self) -> f64 {
+        f64::from_bits(self.slowdown.load(Ordering::Relaxed))
+    }
+
+    /// Estimated time of a batch of `size` now.
+    fn estimate(&self, size: usize) -> Duration {
+        self.profile.estimate(size).mul_f64(self.slowdown())
+    }
+
+    /// A batch of `images` took `actual`: corrects later estimates.
+    fn observed(&self, images: usize, actual: Duration) {
+        let estimated = self.profile.estimate(images);
+        let slowdown = latency::updated_slowdown(self.slowdown(), estimated, actual);
+        self.slowdown.store(slowdown.to_bits(), Ordering::Relaxed);
+    }
+
     /// Worker `index` started a batch of `images`.
     fn started(&self, index: usize, images: usize, now: Instant) {
-        let until = now.duration_since(self.epoch) + self.profile.estimate(images);
+        let until = now.duration_since(self.epoch) + self.estimate(images);
         if let Some(slot) = self.busy_until.get(index) {
             let nanos = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX).max(1);
             slot.store(nanos, Ordering::Release);
@@ -220,11 +239,12 @@ impl BatcherHandle {
                 instances: admission.busy_until.len(),
                 max_batch_size: admission.max_batch_size,
             };
-            let expected = latency::expected_completion(&admission.profile, load, images);
+            let expected = latency::expected_completion(&admission.profile, load, images)
+                .mul_f64(admission.slowdown());
             let to_deadline = job.deadline.saturating_duration_since(now);
             // A target below one batch of the job cannot be met even when idle: then only
             // waiting is refused.
-            let target = admission.target.max(admission.profile.estimate(images));
+            let target = admission.target.max(admission.estimate(images));
             let (budget, bound) = if target < to_deadline {
                 (target, "is the model's latency target")
             } else {
@@ -337,6 +357,7 @@ pub fn spawn(
                 max_batch_size: config.limits.max_batch_size,
                 epoch: Instant::now(),
                 busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
+                slowdown: AtomicU64::new(1.0f64.to_bits()),
             })
         });
     let mut workers = Vec::new();
@@ -349,6 +370,7 @@ pub fn spawn(
             backend,
             batches: batch_rx,
             idle: idle_tx.clone(),
+            admission: admission.clone(),
             config: config.clone(),
             metrics: metrics.clone(),
         };
@@ -500,6 +522,8 @@ struct Worker {
     batches: mpsc::Receiver<Vec<Job>>,
     /// To the scheduler, after each batch.
     idle: mpsc::Sender<usize>,
+    /// Told how long each batch took, when admission control is on.
+    admission: Option<Arc<Admission>>,
     config: BatcherConfig,
     metrics: Arc<Metrics>,
 }
@@ -539,6 +563,9 @@ impl Worker {
             )))
         };
         let infer = started.elapsed();
+        if let Some(admission) = &self.admission {
+            admission.observed(images, infer);
+        }
         self.metrics
             .inference_seconds
             .with_label_values(&[model])

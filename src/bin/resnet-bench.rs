@@ -72,6 +72,11 @@ struct Args {
     /// ONNX Runtime's CPU memory arena for the baseline (match the server's --cpu-arena).
     #[arg(long, default_value = "false", action = clap::ArgAction::Set)]
     cpu_arena: bool,
+    /// The server's metrics address (host:port): each level then also reports, from the
+    /// server's own counters, how busy its model instances were and how fast ONNX Runtime ran
+    /// inside it, which splits server / raw ORT into pipeline and inference.
+    #[arg(long)]
+    metrics: Option<String>,
     /// Report directory.
     #[arg(long, default_value = "bench-report")]
     output: PathBuf,
@@ -105,6 +110,83 @@ struct Level {
     throughput_per_second: f64,
     latency_ms: Percentiles,
     errors: BTreeMap<String, usize>,
+    /// From the server's metrics over the measured window (with `--metrics`).
+    server: Option<ServerSide>,
+}
+
+/// What the server's own counters say about a measured window.
+#[derive(Debug, Serialize)]
+struct ServerSide {
+    /// Time spent in inference over the window's length, summed over instances: 1.0 means
+    /// one instance never waited for work.
+    inference_busy_fraction: f64,
+    /// Images per second of inference time: ONNX Runtime's speed inside the server.
+    inference_images_per_second: f64,
+    mean_batch_size: f64,
+}
+
+/// Cumulative inference counters of every model, from a Prometheus scrape.
+#[derive(Debug, Default, Clone, Copy)]
+struct InferenceCounters {
+    seconds: f64,
+    images: f64,
+    batches: f64,
+}
+
+impl InferenceCounters {
+    fn parse(text: &str) -> Self {
+        let mut counters = Self::default();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            match series.split('{').next() {
+                Some("resnet_serve_inference_duration_seconds_sum") => counters.seconds += value,
+                Some("resnet_serve_batch_size_sum") => counters.images += value,
+                Some("resnet_serve_batch_size_count") => counters.batches += value,
+                _ => {}
+            }
+        }
+        counters
+    }
+
+    async fn scrape(http: &reqwest::Client, address: &str) -> anyhow::Result<Self> {
+        let text = http
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(Self::parse(&text))
+    }
+}
+
+/// Scrapes the server's metrics at `from` and `until` and compares.
+async fn watch_server(
+    address: String,
+    from: Instant,
+    until: Instant,
+) -> anyhow::Result<ServerSide> {
+    let http = reqwest::Client::new();
+    tokio::time::sleep_until(from.into()).await;
+    let before = InferenceCounters::scrape(&http, &address).await?;
+    tokio::time::sleep_until(until.into()).await;
+    let after = InferenceCounters::scrape(&http, &address).await?;
+    let window = until.duration_since(from).as_secs_f64();
+    let (seconds, images, batches) = (
+        after.seconds - before.seconds,
+        after.images - before.images,
+        after.batches - before.batches,
+    );
+    Ok(ServerSide {
+        inference_busy_fraction: seconds / window,
+        inference_images_per_second: if seconds > 0.0 { images / seconds } else { 0.0 },
+        mean_batch_size: if batches > 0.0 { images / batches } else { 0.0 },
+    })
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -152,6 +234,10 @@ struct Report {
     raw_ort: Option<RawOrt>,
     /// Best server throughput over raw ORT's best, same machine, same run.
     server_over_raw_ort: Option<f64>,
+    /// ONNX Runtime's speed inside the server at that best level over its speed alone (with
+    /// `--metrics`): below 1 when what shares the cores (requests, the load generator) slows
+    /// inference itself.
+    inference_in_server_over_raw_ort: Option<f64>,
     /// Server p50 at concurrency 1 minus raw ORT batch-1 latency.
     p50_overhead_at_concurrency_1_ms: Option<f64>,
 }
@@ -510,6 +596,7 @@ fn summarise(
         throughput_per_second: latencies.len() as f64 / seconds,
         latency_ms: Percentiles::of(latencies),
         errors,
+        server: None,
     }
 }
 
@@ -658,14 +745,33 @@ async fn main() -> anyhow::Result<()> {
     for (mode, load) in plan {
         let measure_from = Instant::now() + warmup;
         let until = measure_from + duration;
+        let watch = args
+            .metrics
+            .clone()
+            .map(|address| tokio::spawn(watch_server(address, measure_from, until)));
         let samples = match mode {
             "closed" => closed_loop(&args, input.as_ref(), &images, load as usize, until).await?,
             _ => open_loop(&args, input.as_ref(), &images, load, until).await?,
         };
-        let level = summarise(mode, load, samples, measure_from, duration.as_secs_f64());
+        let mut level = summarise(mode, load, samples, measure_from, duration.as_secs_f64());
+        if let Some(watch) = watch {
+            level.server = Some(watch.await??);
+        }
         eprintln!(
-            "{mode} {load}: {:.1} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {:?}",
-            level.throughput_per_second, level.latency_ms.p50, level.latency_ms.p99, level.errors
+            "{mode} {load}: {:.1} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {:?}{}",
+            level.throughput_per_second,
+            level.latency_ms.p50,
+            level.latency_ms.p99,
+            level.errors,
+            level
+                .server
+                .as_ref()
+                .map_or(String::new(), |server| format!(
+                    "; server: busy {:.3}, inference {:.1} images/s, mean batch {:.2}",
+                    server.inference_busy_fraction,
+                    server.inference_images_per_second,
+                    server.mean_batch_size
+                ))
         );
         levels.push(level);
     }
@@ -686,11 +792,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let best = levels
         .iter()
-        .map(|level| level.throughput_per_second)
-        .fold(0.0, f64::max);
+        .max_by(|a, b| a.throughput_per_second.total_cmp(&b.throughput_per_second));
     let server_over_raw_ort = raw_ort
         .as_ref()
-        .map(|raw| best / raw.best_images_per_second);
+        .zip(best)
+        .map(|(raw, best)| best.throughput_per_second / raw.best_images_per_second);
+    let inference_in_server_over_raw_ort = raw_ort
+        .as_ref()
+        .zip(best.and_then(|best| best.server.as_ref()))
+        .map(|(raw, server)| server.inference_images_per_second / raw.best_images_per_second);
     let p50_overhead = raw_ort.as_ref().and_then(|raw| {
         levels
             .iter()
@@ -704,6 +814,7 @@ async fn main() -> anyhow::Result<()> {
         levels,
         raw_ort,
         server_over_raw_ort,
+        inference_in_server_over_raw_ort,
         p50_overhead_at_concurrency_1_ms: p50_overhead,
     };
     std::fs::create_dir_all(&args.output)?;
@@ -715,6 +826,34 @@ async fn main() -> anyhow::Result<()> {
     if let Some(ratio) = report.server_over_raw_ort {
         eprintln!("server / raw ORT throughput: {ratio:.3}");
     }
+    if let Some(ratio) = report.inference_in_server_over_raw_ort {
+        eprintln!("inference inside the server / raw ORT: {ratio:.3}");
+    }
     eprintln!("report: {}", args.output.join("report.json").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inference_counters_add_up_every_model_and_skip_the_rest() {
+        let text = "\
+# HELP resnet_serve_batch_size Images per batch.
+resnet_serve_batch_size_bucket{model=\"a\",le=\"1\"} 1
+resnet_serve_batch_size_sum{model=\"a\"} 12
+resnet_serve_batch_size_sum{model=\"b\"} 4
+resnet_serve_batch_size_count{model=\"a\"} 3
+resnet_serve_batch_size_count{model=\"b\"} 1
+resnet_serve_inference_duration_seconds_sum{model=\"a\"} 1.5
+resnet_serve_inference_duration_seconds_sum{model=\"b\"} 0.5
+resnet_serve_inference_duration_seconds_count{model=\"a\"} 3
+resnet_serve_queue_duration_seconds_sum{model=\"a\"} 9
+";
+        let counters = InferenceCounters::parse(text);
+        assert_eq!(counters.seconds, 2.0);
+        assert_eq!(counters.images, 16.0);
+        assert_eq!(counters.batches, 4.0);
+    }
 }

@@ -716,6 +716,10 @@ async fn calibrate(
                     }
                 }
                 points.push((size, slowest));
+                // Larger batches take longer still: none of them can meet the target.
+                if slowest * 2 > target {
+                    break;
+                }
             }
         }
         Ok::<_, crate::backend::BackendError>((backends, points))

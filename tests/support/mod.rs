@@ -227,6 +227,8 @@ pub struct ServerProcess {
     pub address: String,
     /// `host:port` of the gRPC listener.
     pub grpc_address: String,
+    /// `host:port` of the metrics listener.
+    pub metrics_address: String,
     /// The rest of its JSON log lines.
     pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 }
@@ -252,24 +254,26 @@ impl ServerProcess {
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let (address, grpc_address) = loop {
+        let (address, grpc_address, metrics_address) = loop {
             let line = lines
                 .next()
                 .expect("server exited before listening")
                 .unwrap();
             let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
             let fields = &entry["fields"];
-            if let (Some(http), Some(grpc)) = (
+            if let (Some(http), Some(grpc), Some(metrics)) = (
                 fields["http_address"].as_str(),
                 fields["grpc_address"].as_str(),
+                fields["metrics_address"].as_str(),
             ) {
-                break (http.to_string(), grpc.to_string());
+                break (http.to_string(), grpc.to_string(), metrics.to_string());
             }
         };
         Self {
             child,
             address,
             grpc_address,
+            metrics_address,
             lines,
         }
     }

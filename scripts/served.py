@@ -1,0 +1,68 @@
+"""A resnet-serve process started by a script: its addresses and log events (from the JSON
+log), readiness, and resident memory. Shared by the benchmark and soak scripts."""
+
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+
+# Log messages whose time is worth keeping (their `seconds` field, or the time seen).
+EVENTS = ("ONNX Runtime sessions built", "batching calibrated", "model ready", "golden check passed")
+
+
+class Server:
+    """`binary --model-repository repository` on ephemeral ports, plus `extra` flags."""
+
+    def __init__(self, binary, repository, *extra):
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [str(binary), "--model-repository", str(repository), "--host", "127.0.0.1",
+             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+             "--log-format", "json", *map(str, extra)],
+            stdout=subprocess.PIPE, text=True)
+        self.events = {}
+        self.http = self.grpc = self.metrics = None
+        self._listening = threading.Event()
+        # Reading the whole log also keeps the server from blocking on a full pipe.
+        threading.Thread(target=self._read_log, daemon=True).start()
+        if not self._listening.wait(600):
+            self.stop()
+            raise RuntimeError("the server did not start listening")
+
+    def _read_log(self):
+        for line in self.process.stdout:
+            fields = json.loads(line).get("fields", {})
+            message = fields.get("message", "")
+            if message in EVENTS:
+                self.events[message] = fields.get("seconds", time.monotonic() - self.started)
+            if "http_address" in fields:
+                self.http = fields["http_address"]
+                self.grpc = fields["grpc_address"]
+                self.metrics = fields["metrics_address"]
+                self._listening.set()
+        self._listening.set()
+
+    def wait_ready(self, timeout=600):
+        """Seconds from start until `/v2/health/ready` answered 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{self.http}/v2/health/ready") as response:
+                    if response.status == 200:
+                        return time.monotonic() - self.started
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("the server did not become ready")
+
+    def rss_mib(self):
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(60)
