@@ -3,6 +3,8 @@
 
 mod support;
 
+use resnet_serve::grpc::kserve::proto::ModelConfigRequest;
+use resnet_serve::grpc::kserve::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use support::{Repository, TestServer, histogram, image, slow_model_dir, start};
 
 /// One answer of a burst.
@@ -298,6 +300,30 @@ async fn target_p99_calibrates_the_batch_size_and_reports_it() {
     // Generous: every measured size fits, and the one with the most images/s is chosen.
     let server = start(repository.path(), &["--target-p99-ms", "600000"]).await;
     let reported = v2_config(&server).await;
+    // gRPC's ModelConfig carries the same parameters.
+    let mut grpc =
+        GrpcInferenceServiceClient::connect(format!("http://{}", server.server.grpc_address))
+            .await
+            .unwrap();
+    let grpc_config = grpc
+        .model_config(ModelConfigRequest {
+            name: "slow".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap();
+    for name in ["target_p99_ms", "batch_latency_ms"] {
+        assert_eq!(
+            grpc_config.parameters[name].string_value,
+            reported["parameters"][name]["string_value"]
+                .as_str()
+                .unwrap(),
+            "{name}"
+        );
+    }
     let chosen = reported["max_batch_size"].as_u64().unwrap() as usize;
     let measured = measured_latencies(&reported);
     let throughput = |size: usize, ms: f64| size as f64 / ms;

@@ -94,6 +94,25 @@ pub fn config(
     classifier.resolve(Some(name), version)
 }
 
+/// Triton's free-form model config parameters: what `--target-p99-ms` measured and chose
+/// (`target_p99_ms`, and `batch_latency_ms` as space-separated `size:ms` pairs); empty
+/// without a target.
+pub fn parameters(model: &LoadedModel) -> Vec<(&'static str, String)> {
+    let batching = &model.spec.batching;
+    let Some(target) = batching.target_p99 else {
+        return Vec::new();
+    };
+    let measured: Vec<String> = batching
+        .measured_latency
+        .iter()
+        .map(|(size, time)| format!("{size}:{:.3}", time.as_secs_f64() * 1000.0))
+        .collect();
+    vec![
+        ("target_p99_ms", target.as_millis().to_string()),
+        ("batch_latency_ms", measured.join(" ")),
+    ]
+}
+
 /// Whether the model runs on a GPU (Triton's `KIND_GPU`) and its device ids.
 pub fn gpus(model: &LoadedModel) -> Option<Vec<i32>> {
     let device = model.spec.device.as_str();

@@ -222,6 +222,15 @@ pub fn model_config(model: &LoadedModel) -> proto::ModelConfig {
             dynamic_batching,
         )),
         instance_group: vec![instance_group],
+        parameters: v2::parameters(model)
+            .into_iter()
+            .map(|(name, value)| {
+                let value = proto::ModelParameter {
+                    string_value: value,
+                };
+                (name.to_string(), value)
+            })
+            .collect(),
         ..proto::ModelConfig::default()
     }
 }

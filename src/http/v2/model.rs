@@ -82,21 +82,10 @@ pub async fn config(
         }
         None => json!({"name": model.name, "kind": "KIND_CPU", "count": spec.instances}),
     };
-    // Triton's free-form model parameters: what `--target-p99-ms` measured and chose.
-    let parameters = match batching.target_p99 {
-        Some(target) => {
-            let measured: Vec<String> = batching
-                .measured_latency
-                .iter()
-                .map(|(size, time)| format!("{size}:{:.3}", time.as_secs_f64() * 1000.0))
-                .collect();
-            json!({
-                "target_p99_ms": {"string_value": target.as_millis().to_string()},
-                "batch_latency_ms": {"string_value": measured.join(" ")},
-            })
-        }
-        None => json!({}),
-    };
+    let parameters: serde_json::Map<String, Value> = v2::parameters(&model)
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), json!({"string_value": value})))
+        .collect();
     Ok(Json(json!({
         "name": model.name,
         "platform": PLATFORM,
