@@ -69,7 +69,7 @@ impl LatencyProfile {
 /// What admission control knows about a batcher at the moment a request arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Load {
-    /// Images queued ahead (all priorities: a conservative bound).
+    /// Images queued ahead: at the job's priority level and above (those run first).
     pub queued_images: usize,
     /// Zero when an instance is idle; otherwise the time until the first running batch is
     /// expected to finish.
@@ -88,14 +88,14 @@ pub struct Load {
 pub fn expected_completion(profile: &LatencyProfile, load: Load, images: usize) -> Duration {
     let max = load.max_batch_size.max(1);
     let instances = load.instances.max(1);
-    let total = load.queued_images + images.max(1);
-    let per_round = max * instances;
-    let full_rounds = (total - 1) / per_round;
+    let total = load.queued_images.saturating_add(images.max(1));
+    let per_round = max.saturating_mul(instances);
+    let full_rounds = u32::try_from((total - 1) / per_round).unwrap_or(u32::MAX);
     let idle = load.queued_images == 0 && load.until_instance_free.is_zero();
     let own_batch = if idle { images.clamp(1, max) } else { max };
     load.until_instance_free
-        + profile.estimate(max) * full_rounds as u32
-        + profile.estimate(own_batch)
+        .saturating_add(profile.estimate(max).saturating_mul(full_rounds))
+        .saturating_add(profile.estimate(own_batch))
 }
 
 /// The running estimate of how much slower batches run now than at calibration (under load
@@ -172,6 +172,20 @@ mod tests {
         // Bounded, and nothing learnt from a zero estimate.
         assert_eq!(updated_slowdown(3.9, ms(1), ms(1000)), 4.0);
         assert_eq!(updated_slowdown(1.0, Duration::ZERO, ms(5)), 1.0);
+    }
+
+    #[test]
+    fn absurd_loads_saturate_instead_of_overflowing() {
+        let load = Load {
+            queued_images: usize::MAX,
+            until_instance_free: Duration::MAX,
+            instances: usize::MAX,
+            max_batch_size: usize::MAX,
+        };
+        assert_eq!(
+            expected_completion(&profile(), load, usize::MAX),
+            Duration::MAX
+        );
     }
 
     #[test]

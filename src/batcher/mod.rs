@@ -151,7 +151,11 @@ pub struct BatcherHandle {
     capacity: usize,
     metrics: Arc<Metrics>,
     model: String,
+    /// Shared with the scheduler and workers, which keep its counters current.
     admission: Option<Arc<Admission>>,
+    /// Whether this handle refuses what would miss its bound (not for the server's own jobs,
+    /// which still count in the queue).
+    enforce_admission: bool,
 }
 
 /// What admission control needs besides the queue counter: the measured batch times, the
@@ -167,6 +171,9 @@ struct Admission {
     /// How much slower batches run now than at calibration (`f64` bits): see
     /// [`latency::updated_slowdown`].
     slowdown: AtomicU64,
+    /// Images queued at each priority level: a job waits only behind its own level and those
+    /// above it.
+    queued_by_level: Vec<AtomicUsize>,
 }
 
 impl Admission {
@@ -181,6 +188,27 @@ impl Admission {
             })
             .min()
             .unwrap_or_default()
+    }
+
+    /// Images queued at `level` and above.
+    fn queued_ahead(&self, level: usize) -> usize {
+        self.queued_by_level
+            .iter()
+            .take(level + 1)
+            .map(|queued| queued.load(Ordering::Acquire))
+            .sum()
+    }
+
+    fn enqueued(&self, level: usize, images: usize) {
+        if let Some(queued) = self.queued_by_level.get(level) {
+            queued.fetch_add(images, Ordering::AcqRel);
+        }
+    }
+
+    fn dequeued(&self, level: usize, images: usize) {
+        if let Some(queued) = self.queued_by_level.get(level) {
+            queued.fetch_sub(images, Ordering::AcqRel);
+        }
     }
 
     fn slowdown(&self) -> f64 {
@@ -221,7 +249,7 @@ impl BatcherHandle {
     /// golden check) that must run whatever the target.
     pub fn without_admission(&self) -> Self {
         Self {
-            admission: None,
+            enforce_admission: false,
             ..self.clone()
         }
     }
@@ -231,10 +259,10 @@ impl BatcherHandle {
     /// latency target, whichever comes first.
     pub fn submit(&self, job: Job) -> Result<(), BatchError> {
         let images = job.images;
-        if let Some(admission) = &self.admission {
+        if let Some(admission) = self.admission.as_ref().filter(|_| self.enforce_admission) {
             let now = Instant::now();
             let load = Load {
-                queued_images: self.queued.load(Ordering::Acquire),
+                queued_images: admission.queued_ahead(job.level),
                 until_instance_free: admission.until_instance_free(now),
                 instances: admission.busy_until.len(),
                 max_batch_size: admission.max_batch_size,
@@ -276,6 +304,10 @@ impl BatcherHandle {
                 capacity: self.capacity,
             });
         }
+        let level = job.level;
+        if let Some(admission) = &self.admission {
+            admission.enqueued(level, images);
+        }
         match self.jobs.try_send(job) {
             Ok(()) => {
                 self.metrics
@@ -286,6 +318,9 @@ impl BatcherHandle {
             }
             Err(error) => {
                 self.queued.fetch_sub(images, Ordering::AcqRel);
+                if let Some(admission) = &self.admission {
+                    admission.dequeued(level, images);
+                }
                 match error {
                     mpsc::error::TrySendError::Full(_) => {
                         self.metrics
@@ -358,6 +393,9 @@ pub fn spawn(
                 epoch: Instant::now(),
                 busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
                 slowdown: AtomicU64::new(1.0f64.to_bits()),
+                queued_by_level: (0..config.limits.priority_levels.max(1))
+                    .map(|_| AtomicUsize::new(0))
+                    .collect(),
             })
         });
     let mut workers = Vec::new();
@@ -400,6 +438,7 @@ pub fn spawn(
         metrics,
         model: config.model,
         admission,
+        enforce_admission: true,
     };
     Ok(Batcher {
         handle: Some(handle),
@@ -460,7 +499,7 @@ impl Scheduler {
     /// Evicts dead jobs, hands batches to idle workers, and returns when to wake next.
     fn dispatch(&mut self, now: Instant) -> Option<Instant> {
         for (job, reason) in self.policy.evict(now) {
-            self.dequeued(job.images);
+            self.dequeued(std::slice::from_ref(&job));
             let label = match reason {
                 Eviction::Expired => "deadline",
                 Eviction::Cancelled => "cancelled",
@@ -483,7 +522,7 @@ impl Scheduler {
                     if let Some(admission) = &self.admission {
                         admission.started(worker, images, now);
                     }
-                    self.dequeued(images);
+                    self.dequeued(&batch);
                     let sent = match self.workers.get(worker) {
                         Some(sender) => sender.try_send(batch).map_err(|error| error.into_inner()),
                         None => Err(batch),
@@ -506,7 +545,13 @@ impl Scheduler {
         self.policy.next_deadline()
     }
 
-    fn dequeued(&self, images: usize) {
+    fn dequeued(&self, jobs: &[Job]) {
+        let images: usize = jobs.iter().map(|job| job.images).sum();
+        if let Some(admission) = &self.admission {
+            for job in jobs {
+                admission.dequeued(job.level, job.images);
+            }
+        }
         self.queued.fetch_sub(images, Ordering::AcqRel);
         self.metrics
             .queue_depth
@@ -613,5 +658,61 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(levels: usize, instances: usize) -> Admission {
+        let profile = LatencyProfile::new(vec![(1, Duration::from_millis(10))]).unwrap();
+        Admission {
+            profile,
+            target: Duration::from_millis(100),
+            max_batch_size: 4,
+            epoch: Instant::now(),
+            busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
+            slowdown: AtomicU64::new(1.0f64.to_bits()),
+            queued_by_level: (0..levels).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_job_waits_only_behind_its_own_level_and_those_above() {
+        let admission = admission(3, 1);
+        admission.enqueued(2, 5);
+        admission.enqueued(1, 3);
+        assert_eq!(admission.queued_ahead(0), 0);
+        assert_eq!(admission.queued_ahead(1), 3);
+        assert_eq!(admission.queued_ahead(2), 8);
+        admission.dequeued(2, 5);
+        assert_eq!(admission.queued_ahead(2), 3);
+        // A level past the configured ones counts everything and is not itself counted.
+        admission.enqueued(7, 1);
+        assert_eq!(admission.queued_ahead(7), 3);
+    }
+
+    #[test]
+    fn running_batches_and_the_learnt_slowdown_shape_the_estimate() {
+        let admission = admission(1, 2);
+        let now = Instant::now();
+        assert_eq!(admission.until_instance_free(now), Duration::ZERO);
+        admission.started(0, 1, now);
+        // The other instance is idle.
+        assert_eq!(admission.until_instance_free(now), Duration::ZERO);
+        admission.started(1, 1, now);
+        assert_eq!(
+            admission.until_instance_free(now + Duration::from_millis(4)),
+            Duration::from_millis(6)
+        );
+        admission.finished(0);
+        assert_eq!(admission.until_instance_free(now), Duration::ZERO);
+        // Batches twice as slow as calibrated, for a while: estimates follow.
+        for _ in 0..200 {
+            admission.observed(1, Duration::from_millis(20));
+        }
+        let estimate = admission.estimate(1).as_secs_f64();
+        assert!((estimate - 0.020).abs() < 1e-4, "{estimate}");
     }
 }
