@@ -7,8 +7,8 @@
 - `poison`: a 1x28x28 -> 10 class linear classifier whose graph fails inside ONNX Runtime
   (a Reshape to an impossible shape) when any image of the batch has a mean pixel value
   above 0.9 after preprocessing (an almost white image, with scale 255, mean 0, std 1):
-  tests use it to check that a failed batch answers each of its requests with an error
-  and the next batch works. Zeros (the warm-up input) pass.
+  tests use it to check that after a failed batch only the request that fails alone gets
+  an error, and the next batch works. Zeros (the warm-up input) pass.
 
 The served default model is exported by resnet-train; these only exercise batching limits.
 Usage: python3 scripts/make_test_models.py tests/fixtures/models

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::metrics::Metrics;
 use latency::{LatencyProfile, Load};
 use policy::{Decision, Eviction, Limits, Policy, Queued};
@@ -587,30 +587,19 @@ impl Worker {
     fn run_batch(&mut self, batch: Vec<Job>, input: &mut Vec<f32>) {
         let started = Instant::now();
         let images: usize = batch.iter().map(|job| job.images).sum();
-        input.clear();
-        for job in &batch {
-            input.extend_from_slice(&job.input);
-        }
-        let model = self.config.model.as_str();
         for job in &batch {
             self.metrics
                 .queue_seconds
-                .with_label_values(&[model])
+                .with_label_values(&[self.config.model.as_str()])
                 .observe(started.duration_since(job.enqueued).as_secs_f64());
         }
-        let result = if input.len() == images * self.config.tensor_len {
-            self.backend.infer(input, images)
-        } else {
-            Err(crate::backend::BackendError::Run(format!(
-                "batch holds {} values, expected {}",
-                input.len(),
-                images * self.config.tensor_len
-            )))
-        };
+        let result = self.infer(&batch, input);
         let infer = started.elapsed();
         if let Some(admission) = &self.admission {
             admission.observed(images, infer);
         }
+        let model = self.config.model.clone();
+        let model = model.as_str();
         self.metrics
             .inference_seconds
             .with_label_values(&[model])
@@ -619,46 +608,85 @@ impl Worker {
             .batch_size
             .with_label_values(&[model])
             .observe(images as f64);
-        let classes = self.config.classes;
-        let result = result.and_then(|logits| {
-            if logits.len() == images * classes {
-                Ok(logits)
-            } else {
-                Err(crate::backend::BackendError::Run(format!(
-                    "model returned {} values for {images} images of {classes} classes",
-                    logits.len()
-                )))
-            }
-        });
         match result {
-            Ok(logits) => {
-                self.metrics
-                    .images
-                    .with_label_values(&[model])
-                    .inc_by(images as u64);
-                let mut rows = logits.chunks_exact(classes);
+            Ok(logits) => self.answer(batch, &logits, started, infer),
+            Err(error) if batch.len() > 1 => {
+                // One bad input can fail a whole batch: run each job alone, so only the job
+                // that fails alone gets the error.
+                tracing::warn!(
+                    model, %error, jobs = batch.len(),
+                    "batch failed; running its requests one at a time"
+                );
                 for job in batch {
-                    let logits: Vec<f32> =
-                        rows.by_ref().take(job.images).flatten().copied().collect();
-                    let output = JobOutput {
-                        logits,
-                        queue: started.duration_since(job.enqueued),
-                        infer,
-                        batch_size: images,
-                    };
-                    let _ = job.respond.send(Ok(output));
+                    let alone = Instant::now();
+                    let result = self.infer(std::slice::from_ref(&job), input);
+                    match result {
+                        Ok(logits) => self.answer(vec![job], &logits, started, alone.elapsed()),
+                        Err(error) => fail(job, &error, model),
+                    }
                 }
             }
             Err(error) => {
-                tracing::error!(model, %error, "batch failed");
                 for job in batch {
-                    let _ = job
-                        .respond
-                        .send(Err(BatchError::Backend(error.to_string())));
+                    fail(job, &error, model);
                 }
             }
         }
     }
+
+    /// Runs `jobs` as one batch (their inputs copied into `input`) and checks the output size.
+    fn infer(&mut self, jobs: &[Job], input: &mut Vec<f32>) -> Result<Vec<f32>, BackendError> {
+        let images: usize = jobs.iter().map(|job| job.images).sum();
+        input.clear();
+        for job in jobs {
+            input.extend_from_slice(&job.input);
+        }
+        if input.len() != images * self.config.tensor_len {
+            return Err(BackendError::Run(format!(
+                "batch holds {} values, expected {}",
+                input.len(),
+                images * self.config.tensor_len
+            )));
+        }
+        let logits = self.backend.infer(input, images)?;
+        let classes = self.config.classes;
+        if logits.len() != images * classes {
+            return Err(BackendError::Run(format!(
+                "model returned {} values for {images} images of {classes} classes",
+                logits.len()
+            )));
+        }
+        Ok(logits)
+    }
+
+    /// Hands each job its rows of `logits`.
+    fn answer(&self, jobs: Vec<Job>, logits: &[f32], started: Instant, infer: Duration) {
+        let images: usize = jobs.iter().map(|job| job.images).sum();
+        self.metrics
+            .images
+            .with_label_values(&[self.config.model.as_str()])
+            .inc_by(images as u64);
+        let mut rows = logits.chunks_exact(self.config.classes.max(1));
+        for job in jobs {
+            let logits: Vec<f32> = rows.by_ref().take(job.images).flatten().copied().collect();
+            let output = JobOutput {
+                logits,
+                queue: started.duration_since(job.enqueued),
+                infer,
+                batch_size: images,
+            };
+            let _ = job.respond.send(Ok(output));
+        }
+    }
+}
+
+/// Answers `job` with a backend failure, logged in its request's span.
+fn fail(job: Job, error: &BackendError, model: &str) {
+    job.span
+        .in_scope(|| tracing::error!(model, %error, "inference failed"));
+    let _ = job
+        .respond
+        .send(Err(BatchError::Backend(error.to_string())));
 }
 
 #[cfg(test)]
