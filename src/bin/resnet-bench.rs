@@ -23,11 +23,6 @@ use resnet_serve::grpc::proto::classify_service_client::ClassifyServiceClient;
 use resnet_serve::grpc::proto::{ClassifyRequest, Image, image::Data};
 use serde::Serialize;
 
-/// The client's own copies of large requests should cost as little as the server's (see
-/// `resnet-serve`'s allocator).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Load generator and raw-ONNX-Runtime baseline for resnet-serve.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -4,13 +4,6 @@ use clap::Parser;
 use resnet_serve::config::{LogFormat, ServeConfig};
 use tracing_subscriber::EnvFilter;
 
-/// Requests carry tensors of hundreds of KB. glibc's malloc hands blocks that large out as
-/// fresh mappings and returns them on free, so each request paid page faults on every copy;
-/// mimalloc keeps and reuses them (docs/PERFORMANCE.md: p50 at concurrency 1 with a 600 KB
-/// tensor over gRPC, measured before and after).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ServeConfig::parse();
