@@ -15,7 +15,7 @@ import pathlib
 import subprocess
 import urllib.request
 
-from served import Server
+from served import Server, release_binaries, resnet50_repository
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "target/bench-latency-target"
@@ -27,12 +27,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--deadline-ms", type=int, default=500)
     args = parser.parse_args()
-    subprocess.run(["cargo", "build", "--quiet", "--release", "--bin", "resnet-serve",
-                    "--bin", "resnet-bench"], check=True, cwd=ROOT)
-    binaries = ROOT / "target/release"
-    repository = ROOT / "target/bench-resnet50/repository"
-    if not repository.exists():
-        raise SystemExit("run scripts/bench_resnet50.py first: it exports ResNet-50")
+    binaries = release_binaries()
+    repository = resnet50_repository()
     server = Server(binaries / "resnet-serve", repository, "--target-p99-ms", args.target_p99_ms)
     try:
         server.wait_ready()

@@ -2,10 +2,13 @@
 log), readiness, and resident memory. Shared by the benchmark and soak scripts."""
 
 import json
+import pathlib
 import subprocess
 import threading
 import time
 import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Log messages whose time is worth keeping (their `seconds` field, or the time seen).
 EVENTS = ("ONNX Runtime sessions built", "batching calibrated", "model ready", "golden check passed")
@@ -66,3 +69,18 @@ class Server:
     def stop(self):
         self.process.terminate()
         self.process.wait(60)
+
+
+def release_binaries():
+    """Builds `resnet-serve` and `resnet-bench` in release; returns their directory."""
+    subprocess.run(["cargo", "build", "--quiet", "--release", "--bin", "resnet-serve",
+                    "--bin", "resnet-bench"], check=True, cwd=ROOT)
+    return ROOT / "target/release"
+
+
+def resnet50_repository():
+    """The repository scripts/bench_resnet50.py exported ResNet-50 into."""
+    repository = ROOT / "target/bench-resnet50/repository"
+    if not (repository / "resnet50").exists():
+        raise SystemExit("run scripts/bench_resnet50.py first: it exports ResNet-50")
+    return repository

@@ -24,7 +24,7 @@ import subprocess
 
 from PIL import Image
 
-from served import Server
+from served import Server, release_binaries, resnet50_repository
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "target/cpu-split"
@@ -51,12 +51,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--concurrency", default="16")
     args = parser.parse_args()
-    subprocess.run(["cargo", "build", "--quiet", "--release", "--bin", "resnet-serve",
-                    "--bin", "resnet-bench"], check=True, cwd=ROOT)
-    binaries = ROOT / "target/release"
-    resnet50 = ROOT / "target/bench-resnet50/repository/resnet50"
-    if not resnet50.exists():
-        raise SystemExit("run scripts/bench_resnet50.py first: it exports ResNet-50")
+    binaries = release_binaries()
+    resnet50 = resnet50_repository() / "resnet50"
     OUT.mkdir(parents=True, exist_ok=True)
     jpegs = OUT / "jpeg"
     jpegs.mkdir(exist_ok=True)

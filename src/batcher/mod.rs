@@ -598,8 +598,7 @@ impl Worker {
         if let Some(admission) = &self.admission {
             admission.observed(images, infer);
         }
-        let model = self.config.model.clone();
-        let model = model.as_str();
+        let model = self.config.model.as_str();
         self.metrics
             .inference_seconds
             .with_label_values(&[model])
@@ -619,10 +618,9 @@ impl Worker {
                 );
                 for job in batch {
                     let alone = Instant::now();
-                    let result = self.infer(std::slice::from_ref(&job), input);
-                    match result {
+                    match self.infer(std::slice::from_ref(&job), input) {
                         Ok(logits) => self.answer(vec![job], &logits, started, alone.elapsed()),
-                        Err(error) => fail(job, &error, model),
+                        Err(error) => fail(job, &error, &self.config.model),
                     }
                 }
             }
