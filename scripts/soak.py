@@ -61,10 +61,14 @@ def main():
     parser.add_argument("--repository", default=str(ROOT / "models"))
     parser.add_argument("--max-growth-mb", type=float, default=16)
     parser.add_argument("--output", default=str(ROOT / "target/soak"))
+    parser.add_argument("--features", default="",
+                        help="cargo features to build with (scripts/test.sh passes the test "
+                             "suite's, so that the build reuses its binaries)")
     args = parser.parse_args()
 
     profile = ["--release"] if args.profile == "release" else []
-    subprocess.run(["cargo", "build", "--quiet", *profile, "--bin", "resnet-serve",
+    features = ["--features", args.features] if args.features else []
+    subprocess.run(["cargo", "build", "--quiet", *profile, *features, "--bin", "resnet-serve",
                     "--bin", "resnet-bench"], check=True, cwd=ROOT)
     target = ROOT / "target" / args.profile
     output = pathlib.Path(args.output)
