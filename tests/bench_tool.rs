@@ -105,6 +105,12 @@ fn every_protocol_reports_without_errors() {
         "{raw}"
     );
     assert!(report["server_over_raw_ort"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["server_over_raw_ort_at_server_batch"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     assert!(report["p50_overhead_at_concurrency_1_ms"].is_number());
 
     let open = bench(

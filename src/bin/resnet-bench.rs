@@ -217,7 +217,19 @@ struct RawOrt {
     images_per_second_by_batch: BTreeMap<usize, f64>,
     best_batch_size: usize,
     best_images_per_second: f64,
+    /// Median of the batch-1 runs.
     batch1_latency_ms: f64,
+}
+
+impl RawOrt {
+    /// Images/s at the measured batch size nearest to `batch` (by ratio).
+    fn images_per_second_near(&self, batch: f64) -> Option<f64> {
+        let distance = |size: usize| (size as f64 / batch.max(1.0)).ln().abs();
+        self.images_per_second_by_batch
+            .iter()
+            .min_by(|a, b| distance(*a.0).total_cmp(&distance(*b.0)))
+            .map(|(_, rate)| *rate)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -233,6 +245,9 @@ struct Report {
     /// `--metrics`): below 1 when what shares the cores (requests, the load generator) slows
     /// inference itself.
     inference_in_server_over_raw_ort: Option<f64>,
+    /// Best server throughput over raw ORT at the batch size the server ran there (its mean
+    /// batch, with `--metrics`): what the server costs over the model at the same batching.
+    server_over_raw_ort_at_server_batch: Option<f64>,
     /// Server p50 at concurrency 1 minus raw ORT batch-1 latency.
     p50_overhead_at_concurrency_1_ms: Option<f64>,
 }
@@ -370,21 +385,16 @@ impl Client {
 
     /// Sends one image (encoded, or a tensor for V2) with an optional deadline; returns the
     /// outcome label ("200"/"OK" or the error status).
-    async fn send(&mut self, image: &[u8], deadline: Option<Duration>) -> String {
+    /// The body is shared, not copied: the load generator shares the server's cores, so what
+    /// it spends per request is taken from the server.
+    async fn send(&mut self, image: &Bytes, deadline: Option<Duration>) -> String {
         match self {
             Self::Rest { http, url } => {
-                let mut request = http.post(url.as_str()).body(image.to_vec());
+                let mut request = http.post(url.as_str()).body(image.clone());
                 if let Some(deadline) = deadline {
                     request = request.header("x-request-timeout-ms", deadline.as_millis() as u64);
                 }
-                match request.send().await {
-                    Ok(response) => {
-                        let status = response.status().as_u16().to_string();
-                        let _ = response.bytes().await;
-                        status
-                    }
-                    Err(error) => format!("transport: {error}"),
-                }
+                http_outcome(request).await
             }
             Self::Grpc { grpc, model } => {
                 let request = ClassifyRequest {
@@ -418,14 +428,7 @@ impl Client {
                     .header("inference-header-content-length", header.len())
                     .header("content-type", "application/octet-stream")
                     .body(body);
-                match request.send().await {
-                    Ok(response) => {
-                        let status = response.status().as_u16().to_string();
-                        let _ = response.bytes().await;
-                        status
-                    }
-                    Err(error) => format!("transport: {error}"),
-                }
+                http_outcome(request).await
             }
             Self::V2Grpc { grpc, model, input } => {
                 let [c, h, w] = input.dims;
@@ -437,7 +440,7 @@ impl Client {
                         shape: vec![1, c, h, w],
                         ..Default::default()
                     }],
-                    raw_input_contents: vec![Bytes::copy_from_slice(image)],
+                    raw_input_contents: vec![image.clone()],
                     ..Default::default()
                 };
                 match grpc.model_infer(with_deadline(request, deadline)).await {
@@ -446,6 +449,18 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// Sends an HTTP request and reads its whole answer; the status code, or the transport error.
+async fn http_outcome(request: reqwest::RequestBuilder) -> String {
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16().to_string();
+            let _ = response.bytes().await;
+            status
+        }
+        Err(error) => format!("transport: {error}"),
     }
 }
 
@@ -494,7 +509,7 @@ type Samples = Vec<(Instant, f64, String)>;
 async fn closed_loop(
     args: &Args,
     input: Option<&Arc<TensorInput>>,
-    images: &Arc<Vec<Vec<u8>>>,
+    images: &Arc<Vec<Bytes>>,
     clients: usize,
     until: Instant,
 ) -> anyhow::Result<Samples> {
@@ -528,7 +543,7 @@ async fn closed_loop(
 async fn open_loop(
     args: &Args,
     input: Option<&Arc<TensorInput>>,
-    images: &Arc<Vec<Vec<u8>>>,
+    images: &Arc<Vec<Bytes>>,
     rate: f64,
     until: Instant,
 ) -> anyhow::Result<Samples> {
@@ -596,7 +611,13 @@ fn summarise(
 }
 
 /// ONNX Runtime alone, in this process, at batch sizes 1..=32: images/s and batch-1 latency.
+/// The sizes are measured in interleaved rounds, so that a drift of the machine's speed
+/// (other tenants, frequency) spreads over all of them instead of favouring one, and each
+/// size's rate is over all its rounds: the best of six rates is biased upwards by their noise,
+/// and longer measurements shrink that bias.
 fn raw_ort(onnx: &Path, threads: usize, cpu_arena: bool, seconds: f64) -> anyhow::Result<RawOrt> {
+    const SIZES: [usize; 6] = [1, 2, 4, 8, 16, 32];
+    const ROUNDS: usize = 3;
     ort_backend::init(&ort_backend::library_path(None))?;
     let options = SessionOptions {
         device: resnet_serve::backend::Device::Cpu,
@@ -623,23 +644,38 @@ fn raw_ort(onnx: &Path, threads: usize, cpu_arena: bool, seconds: f64) -> anyhow
         dims,
         device,
     );
-    let mut by_batch = BTreeMap::new();
-    let mut batch1_latency_ms = 0.0;
-    for batch in [1usize, 2, 4, 8, 16, 32] {
-        let tensor = vec![0.1f32; batch * per_image];
-        backend.infer(&tensor, batch)?;
-        let started = Instant::now();
-        let mut runs = 0usize;
-        while started.elapsed().as_secs_f64() < seconds / 6.0 || runs < 3 {
-            backend.infer(&tensor, batch)?;
-            runs += 1;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        by_batch.insert(batch, (runs * batch) as f64 / elapsed);
-        if batch == 1 {
-            batch1_latency_ms = elapsed / runs as f64 * 1000.0;
+    let tensors: Vec<Vec<f32>> = SIZES
+        .iter()
+        .map(|&batch| vec![0.1f32; batch * per_image])
+        .collect();
+    for (&batch, tensor) in SIZES.iter().zip(&tensors) {
+        backend.infer(tensor, batch)?;
+    }
+    let slot = Duration::from_secs_f64(seconds / (SIZES.len() * ROUNDS) as f64);
+    let mut totals = [(0usize, Duration::ZERO); SIZES.len()];
+    let mut batch1_runs = Vec::new();
+    for _ in 0..ROUNDS {
+        for ((&batch, tensor), total) in SIZES.iter().zip(&tensors).zip(&mut totals) {
+            let started = Instant::now();
+            let mut runs = 0usize;
+            while started.elapsed() < slot || runs < 2 {
+                let run_started = Instant::now();
+                backend.infer(tensor, batch)?;
+                if batch == 1 {
+                    batch1_runs.push(run_started.elapsed().as_secs_f64() * 1000.0);
+                }
+                runs += 1;
+            }
+            total.0 += runs * batch;
+            total.1 += started.elapsed();
         }
     }
+    let by_batch: BTreeMap<usize, f64> = SIZES
+        .iter()
+        .zip(totals)
+        .map(|(&batch, (images, elapsed))| (batch, images as f64 / elapsed.as_secs_f64()))
+        .collect();
+    let batch1_latency_ms = Percentiles::of(batch1_runs).p50;
     let (best_batch_size, best_images_per_second) = by_batch
         .iter()
         .map(|(batch, rate)| (*batch, *rate))
@@ -725,7 +761,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Protocol::Rest | Protocol::Grpc => None,
     };
-    let images = Arc::new(images);
+    let images: Arc<Vec<Bytes>> = Arc::new(images.into_iter().map(Bytes::from).collect());
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
     let duration = Duration::from_secs_f64(args.duration_seconds);
     let mut levels = Vec::new();
@@ -796,6 +832,10 @@ async fn main() -> anyhow::Result<()> {
         .as_ref()
         .zip(best.and_then(|best| best.server.as_ref()))
         .map(|(raw, server)| server.inference_images_per_second / raw.best_images_per_second);
+    let server_over_raw_ort_at_server_batch = raw_ort.as_ref().zip(best).and_then(|(raw, best)| {
+        let server = best.server.as_ref()?;
+        Some(best.throughput_per_second / raw.images_per_second_near(server.mean_batch_size)?)
+    });
     let p50_overhead = raw_ort.as_ref().and_then(|raw| {
         levels
             .iter()
@@ -810,6 +850,7 @@ async fn main() -> anyhow::Result<()> {
         raw_ort,
         server_over_raw_ort,
         inference_in_server_over_raw_ort,
+        server_over_raw_ort_at_server_batch,
         p50_overhead_at_concurrency_1_ms: p50_overhead,
     };
     std::fs::create_dir_all(&args.output)?;
@@ -823,6 +864,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(ratio) = report.inference_in_server_over_raw_ort {
         eprintln!("inference inside the server / raw ORT: {ratio:.3}");
+    }
+    if let Some(ratio) = report.server_over_raw_ort_at_server_batch {
+        eprintln!("server / raw ORT at the server's batch size: {ratio:.3}");
     }
     eprintln!("report: {}", args.output.join("report.json").display());
     Ok(())
@@ -850,5 +894,27 @@ resnet_serve_queue_duration_seconds_sum{model=\"a\"} 9
         assert_eq!(counters.seconds, 2.0);
         assert_eq!(counters.images, 16.0);
         assert_eq!(counters.batches, 4.0);
+    }
+
+    #[test]
+    fn the_raw_rate_compared_is_at_the_nearest_measured_batch_size() {
+        let raw = RawOrt {
+            threads: 2,
+            images_per_second_by_batch: BTreeMap::from([
+                (1, 10.0),
+                (2, 12.0),
+                (4, 13.0),
+                (8, 11.0),
+            ]),
+            best_batch_size: 4,
+            best_images_per_second: 13.0,
+            batch1_latency_ms: 100.0,
+        };
+        assert_eq!(raw.images_per_second_near(1.0), Some(10.0));
+        assert_eq!(raw.images_per_second_near(2.4), Some(12.0));
+        assert_eq!(raw.images_per_second_near(3.1), Some(13.0));
+        assert_eq!(raw.images_per_second_near(40.0), Some(11.0));
+        // A server that reports no batches compares with batch 1.
+        assert_eq!(raw.images_per_second_near(0.0), Some(10.0));
     }
 }
