@@ -610,86 +610,126 @@ fn summarise(
     }
 }
 
+/// Batch sizes the raw-ORT baseline measures.
+const RAW_SIZES: [usize; 6] = [1, 2, 4, 8, 16, 32];
+
 /// ONNX Runtime alone, in this process, at batch sizes 1..=32: images/s and batch-1 latency.
-/// The sizes are measured in interleaved rounds, so that a drift of the machine's speed
-/// (other tenants, frequency) spreads over all of them instead of favouring one, and each
-/// size's rate is over all its rounds: the best of six rates is biased upwards by their noise,
-/// and longer measurements shrink that bias.
-fn raw_ort(onnx: &Path, threads: usize, cpu_arena: bool, seconds: f64) -> anyhow::Result<RawOrt> {
-    const SIZES: [usize; 6] = [1, 2, 4, 8, 16, 32];
-    const ROUNDS: usize = 3;
-    ort_backend::init(&ort_backend::library_path(None))?;
-    let options = SessionOptions {
-        device: resnet_serve::backend::Device::Cpu,
-        allow_cpu_fallback: false,
-        intra_op_threads: threads,
-        cpu_arena,
-        // ONNX Runtime's default, and its fastest when nothing else shares the cores.
-        intra_op_spinning: true,
-    };
-    let (session, signature, device) = ort_backend::open(onnx, &options)?;
-    let input = signature.inputs.first().context("model has no input")?;
-    let output = signature.outputs.first().context("model has no output")?;
-    let dims: Vec<usize> = input
-        .shape
-        .iter()
-        .skip(1)
-        .map(|&d| d.max(1) as usize)
-        .collect();
-    let per_image: usize = dims.iter().product();
-    let mut backend = OrtBackend::new(
-        session,
-        input.name.clone(),
-        output.name.clone(),
-        dims,
-        device,
-    );
-    let tensors: Vec<Vec<f32>> = SIZES
-        .iter()
-        .map(|&batch| vec![0.1f32; batch * per_image])
-        .collect();
-    for (&batch, tensor) in SIZES.iter().zip(&tensors) {
-        backend.infer(tensor, batch)?;
+/// Measured in interleaved rounds (a drift of the machine's speed, from other tenants or
+/// frequency, spreads over all sizes instead of favouring one), half before the server is
+/// loaded and half after (so drift spreads over server and baseline alike); each size's rate is
+/// over all its rounds, since the best of six short rates is biased upwards by their noise.
+struct RawOrtBaseline {
+    backend: OrtBackend,
+    threads: usize,
+    tensors: Vec<Vec<f32>>,
+    /// Images and time, by `RAW_SIZES` index.
+    totals: [(usize, Duration); RAW_SIZES.len()],
+    batch1_runs_ms: Vec<f64>,
+}
+
+impl RawOrtBaseline {
+    /// Builds the session (same options as the server's, spinning on) and runs each size once.
+    fn open(onnx: &Path, threads: usize, cpu_arena: bool) -> anyhow::Result<Self> {
+        ort_backend::init(&ort_backend::library_path(None))?;
+        let options = SessionOptions {
+            device: resnet_serve::backend::Device::Cpu,
+            allow_cpu_fallback: false,
+            intra_op_threads: threads,
+            cpu_arena,
+            // ONNX Runtime's default, and its fastest when nothing else shares the cores.
+            intra_op_spinning: true,
+        };
+        let (session, signature, device) = ort_backend::open(onnx, &options)?;
+        let input = signature.inputs.first().context("model has no input")?;
+        let output = signature.outputs.first().context("model has no output")?;
+        let dims: Vec<usize> = input
+            .shape
+            .iter()
+            .skip(1)
+            .map(|&d| d.max(1) as usize)
+            .collect();
+        let per_image: usize = dims.iter().product();
+        let mut backend = OrtBackend::new(
+            session,
+            input.name.clone(),
+            output.name.clone(),
+            dims,
+            device,
+        );
+        let tensors: Vec<Vec<f32>> = RAW_SIZES
+            .iter()
+            .map(|&batch| vec![0.1f32; batch * per_image])
+            .collect();
+        for (&batch, tensor) in RAW_SIZES.iter().zip(&tensors) {
+            backend.infer(tensor, batch)?;
+        }
+        Ok(Self {
+            backend,
+            threads,
+            tensors,
+            totals: [(0, Duration::ZERO); RAW_SIZES.len()],
+            batch1_runs_ms: Vec::new(),
+        })
     }
-    let slot = Duration::from_secs_f64(seconds / (SIZES.len() * ROUNDS) as f64);
-    let mut totals = [(0usize, Duration::ZERO); SIZES.len()];
-    let mut batch1_runs = Vec::new();
-    for _ in 0..ROUNDS {
-        for ((&batch, tensor), total) in SIZES.iter().zip(&tensors).zip(&mut totals) {
-            let started = Instant::now();
-            let mut runs = 0usize;
-            while started.elapsed() < slot || runs < 2 {
-                let run_started = Instant::now();
-                backend.infer(tensor, batch)?;
-                if batch == 1 {
-                    batch1_runs.push(run_started.elapsed().as_secs_f64() * 1000.0);
+
+    /// Measures for about `seconds`, in `rounds` rounds over every size.
+    fn measure(&mut self, seconds: f64, rounds: usize) -> anyhow::Result<()> {
+        let slot = Duration::from_secs_f64(seconds / (RAW_SIZES.len() * rounds.max(1)) as f64);
+        for _ in 0..rounds.max(1) {
+            for ((&batch, tensor), total) in
+                RAW_SIZES.iter().zip(&self.tensors).zip(&mut self.totals)
+            {
+                let started = Instant::now();
+                let mut runs = 0usize;
+                while started.elapsed() < slot || runs < 2 {
+                    let run_started = Instant::now();
+                    self.backend.infer(tensor, batch)?;
+                    if batch == 1 {
+                        self.batch1_runs_ms
+                            .push(run_started.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    runs += 1;
                 }
-                runs += 1;
+                total.0 += runs * batch;
+                total.1 += started.elapsed();
             }
-            total.0 += runs * batch;
-            total.1 += started.elapsed();
+        }
+        Ok(())
+    }
+
+    /// What was measured.
+    fn report(&self) -> RawOrt {
+        let by_batch: BTreeMap<usize, f64> = RAW_SIZES
+            .iter()
+            .zip(self.totals)
+            .map(|(&batch, (images, elapsed))| {
+                (batch, images as f64 / elapsed.as_secs_f64().max(1e-9))
+            })
+            .collect();
+        let (best_batch_size, best_images_per_second) = by_batch
+            .iter()
+            .map(|(batch, rate)| (*batch, *rate))
+            .fold(
+                (1, 0.0),
+                |best, item| if item.1 > best.1 { item } else { best },
+            );
+        RawOrt {
+            threads: self.threads,
+            images_per_second_by_batch: by_batch,
+            best_batch_size,
+            best_images_per_second,
+            batch1_latency_ms: Percentiles::of(self.batch1_runs_ms.clone()).p50,
         }
     }
-    let by_batch: BTreeMap<usize, f64> = SIZES
-        .iter()
-        .zip(totals)
-        .map(|(&batch, (images, elapsed))| (batch, images as f64 / elapsed.as_secs_f64()))
-        .collect();
-    let batch1_latency_ms = Percentiles::of(batch1_runs).p50;
-    let (best_batch_size, best_images_per_second) = by_batch
-        .iter()
-        .map(|(batch, rate)| (*batch, *rate))
-        .fold(
-            (1, 0.0),
-            |best, item| if item.1 > best.1 { item } else { best },
-        );
-    Ok(RawOrt {
-        threads,
-        images_per_second_by_batch: by_batch,
-        best_batch_size,
-        best_images_per_second,
-        batch1_latency_ms,
+}
+
+/// Runs `measure` on `baseline` off the async workers.
+async fn measure_raw(mut baseline: RawOrtBaseline, seconds: f64) -> anyhow::Result<RawOrtBaseline> {
+    tokio::task::spawn_blocking(move || {
+        baseline.measure(seconds, 2)?;
+        Ok(baseline)
     })
+    .await?
 }
 
 fn plot(levels: &[Level], path: &Path) -> anyhow::Result<()> {
@@ -762,6 +802,17 @@ async fn main() -> anyhow::Result<()> {
         Protocol::Rest | Protocol::Grpc => None,
     };
     let images: Arc<Vec<Bytes>> = Arc::new(images.into_iter().map(Bytes::from).collect());
+    let raw_baseline = match (args.baseline, &args.onnx) {
+        (Some(Baseline::RawOrt), Some(onnx)) => {
+            let (onnx, threads, arena) = (onnx.clone(), args.threads, args.cpu_arena);
+            let baseline =
+                tokio::task::spawn_blocking(move || RawOrtBaseline::open(&onnx, threads, arena))
+                    .await??;
+            Some(measure_raw(baseline, args.duration_seconds / 2.0).await?)
+        }
+        (Some(Baseline::RawOrt), None) => bail!("--baseline raw-ort needs --onnx MODEL_FILE"),
+        (None, _) => None,
+    };
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
     let duration = Duration::from_secs_f64(args.duration_seconds);
     let mut levels = Vec::new();
@@ -806,20 +857,18 @@ async fn main() -> anyhow::Result<()> {
         );
         levels.push(level);
     }
-    let raw_ort = match (args.baseline, &args.onnx) {
-        (Some(Baseline::RawOrt), Some(onnx)) => {
-            let onnx = onnx.clone();
-            let (threads, arena, seconds) = (args.threads, args.cpu_arena, args.duration_seconds);
-            let raw = tokio::task::spawn_blocking(move || raw_ort(&onnx, threads, arena, seconds))
-                .await??;
+    let raw_ort = match raw_baseline {
+        Some(baseline) => {
+            let raw = measure_raw(baseline, args.duration_seconds / 2.0)
+                .await?
+                .report();
             eprintln!(
                 "raw ORT: best {:.1} images/s at batch {}, batch-1 {:.2} ms",
                 raw.best_images_per_second, raw.best_batch_size, raw.batch1_latency_ms
             );
             Some(raw)
         }
-        (Some(Baseline::RawOrt), None) => bail!("--baseline raw-ort needs --onnx MODEL_FILE"),
-        (None, _) => None,
+        None => None,
     };
     let best = levels
         .iter()
