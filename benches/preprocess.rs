@@ -2,9 +2,10 @@
 //! the whole preprocessing of a typical photo (500×375) and a large one (4000×3000, with and
 //! without DCT-domain scaling), batch assembly, and the batching policy.
 //!
-//! `cargo bench --bench preprocess`. The JPEGs are made from the cat photo fixture and saved
-//! to `target/bench-images/` so `scripts/bench_preprocess.py` can time Pillow on the same
-//! bytes.
+//! `cargo bench --bench preprocess`. The JPEGs are made from the cat photo fixture, quality
+//! 90 with 4:2:0 chroma subsampling as cameras and phones write them (the large one also in
+//! 4:4:4, which has twice the coefficients to entropy-decode), and saved to
+//! `target/bench-images/` so `scripts/bench_preprocess.py` can time Pillow on the same bytes.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -21,17 +22,26 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The cat photo resized to `width`×`height`, as a quality-90 JPEG (also written to disk).
-fn photo(width: u32, height: u32) -> Vec<u8> {
+/// The cat photo resized to `width`×`height`, as a quality-90 JPEG with `subsampling`, written
+/// to `target/bench-images/{width}x{height}-{name}.jpg`.
+fn photo(width: u32, height: u32, subsampling: turbojpeg::Subsamp, name: &str) -> Vec<u8> {
     let source = image::open(root().join("tests/fixtures/images/cat-451x300.jpg")).unwrap();
-    let resized = source.resize_exact(width, height, image::imageops::FilterType::Triangle);
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
-        .encode_image(&resized.to_rgb8())
-        .unwrap();
+    let resized = source
+        .resize_exact(width, height, image::imageops::FilterType::Triangle)
+        .to_rgb8();
+    let pixels = turbojpeg::Image {
+        pixels: resized.as_raw().as_slice(),
+        width: width as usize,
+        pitch: width as usize * 3,
+        height: height as usize,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    let jpeg = turbojpeg::compress(pixels, 90, subsampling)
+        .unwrap()
+        .to_vec();
     let dir = root().join("target/bench-images");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("{width}x{height}.jpg")), &jpeg).unwrap();
+    std::fs::write(dir.join(format!("{width}x{height}-{name}.jpg")), &jpeg).unwrap();
     jpeg
 }
 
@@ -55,8 +65,9 @@ const LIMITS: ImageLimits = ImageLimits {
 };
 
 fn preprocessing(c: &mut Criterion) {
-    let typical = photo(500, 375);
-    let large = photo(4000, 3000);
+    let typical = photo(500, 375, turbojpeg::Subsamp::Sub2x2, "420");
+    let large = photo(4000, 3000, turbojpeg::Subsamp::Sub2x2, "420");
+    let large_444 = photo(4000, 3000, turbojpeg::Subsamp::None, "444");
     let spec = imagenet(false);
     let mut out = vec![0.0f32; spec.tensor_len()];
 
@@ -78,6 +89,9 @@ fn preprocessing(c: &mut Criterion) {
     let dct = imagenet(true);
     group.bench_function("preprocess/4000x3000-dct", |b| {
         b.iter(|| preprocess_encoded(black_box(&large), &dct, &LIMITS, &mut out).unwrap())
+    });
+    group.bench_function("preprocess/4000x3000-444-dct", |b| {
+        b.iter(|| preprocess_encoded(black_box(&large_444), &dct, &LIMITS, &mut out).unwrap())
     });
     group.finish();
 }

@@ -63,15 +63,18 @@ def main():
     images = ROOT / "target/bench-images"
     rows = []
     for name, file, rust_id, draft in [
-        ("500×375 JPEG", "500x375.jpg", "preprocess/500x375", False),
-        ("4000×3000 JPEG, full decode", "4000x3000.jpg", "large/preprocess/4000x3000", False),
-        ("4000×3000 JPEG, DCT scaling", "4000x3000.jpg", "large/preprocess/4000x3000-dct", True),
+        ("500×375 JPEG", "500x375-420.jpg", "preprocess/500x375", False),
+        ("4000×3000 JPEG, full decode", "4000x3000-420.jpg", "large/preprocess/4000x3000", False),
+        ("4000×3000 JPEG, DCT scaling", "4000x3000-420.jpg", "large/preprocess/4000x3000-dct",
+         True),
+        ("4000×3000 JPEG 4:4:4, DCT scaling", "4000x3000-444.jpg",
+         "large/preprocess/4000x3000-444-dct", True),
     ]:
         data = (images / file).read_bytes()
         pillow = per_image_ms(lambda: pillow_preprocess(data, draft))
         rows.append({"image": name, "rust_ms": rust[rust_id], "pillow_numpy_ms": pillow,
                      "speedup": pillow / rust[rust_id]})
-    decode = per_image_ms(lambda: Image.open(io.BytesIO((images / "500x375.jpg").read_bytes()))
+    decode = per_image_ms(lambda: Image.open(io.BytesIO((images / "500x375-420.jpg").read_bytes()))
                           .convert("RGB"))
     result = {"rows": rows, "rust_all_ms": rust, "pillow_decode_500x375_ms": decode}
     (ROOT / "target/bench-preprocess.json").write_text(json.dumps(result, indent=1))

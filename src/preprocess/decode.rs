@@ -11,7 +11,7 @@ use super::{Channels, ImageLimits, Pixels, PreprocessError};
 use crate::repository::config::Color;
 
 /// Decodes `bytes` of the sniffed `format` into pixels of `color`. `reduce_to` (JPEG only) asks
-/// for DCT-domain downscaling while the shorter side stays at least twice that size.
+/// for DCT-domain downscaling to the smallest scale whose shorter side still covers it.
 pub(crate) fn decode(
     bytes: &[u8],
     format: ImageFormat,
@@ -46,13 +46,11 @@ fn decode_jpeg(
     // Progressive files can hold thousands of tiny scans: a CPU bomb.
     decompressor.set_scan_limit(500).map_err(jpeg_error)?;
     if let Some(target) = reduce_to {
-        let shorter = width.min(height) as usize;
-        let factor = [8, 4, 2]
-            .into_iter()
-            .find(|&denom| shorter / denom >= 2 * target as usize)
-            .unwrap_or(1);
         decompressor
-            .set_scaling_factor(turbojpeg::ScalingFactor::new(1, factor))
+            .set_scaling_factor(turbojpeg::ScalingFactor::new(
+                1,
+                dct_scale_denominator(width.min(height), target),
+            ))
             .map_err(jpeg_error)?;
     }
     let scaled = header.scaled(decompressor.scaling_factor());
@@ -124,6 +122,16 @@ fn decode_jpeg(
         }
         _ => pixels,
     })
+}
+
+/// The JPEG DCT scale 1/n (n = 8, 4, 2 or 1) to decode at: the smallest whose shorter side,
+/// rounded up as libjpeg-turbo scales, still covers `target` (DESIGN §7: decode at 1/2 when the
+/// image is at least twice the resize target, and so on).
+fn dct_scale_denominator(shorter: u32, target: u32) -> usize {
+    [8, 4, 2]
+        .into_iter()
+        .find(|&denom| shorter.div_ceil(denom) >= target)
+        .map_or(1, |denom| denom as usize)
 }
 
 fn to_u32(value: usize) -> Result<u32, PreprocessError> {
@@ -260,5 +268,25 @@ fn orient(pixels: Pixels, orientation: Orientation) -> Pixels {
         height,
         channels,
         data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dct_scale_denominator;
+
+    #[test]
+    fn the_dct_scale_is_the_smallest_that_still_covers_the_target() {
+        // A 12-megapixel photo for a 256 resize: 3000 / 8 = 375 still covers it.
+        assert_eq!(dct_scale_denominator(3000, 256), 8);
+        assert_eq!(dct_scale_denominator(2040, 256), 4);
+        assert_eq!(dct_scale_denominator(1024, 256), 4);
+        assert_eq!(dct_scale_denominator(1020, 256), 2);
+        assert_eq!(dct_scale_denominator(512, 256), 2);
+        // Scaled sizes round up, as libjpeg-turbo rounds them: 2041 / 8 = 255.1 -> 256.
+        assert_eq!(dct_scale_denominator(2041, 256), 8);
+        // Below twice the target (less the rounding): no scaling.
+        assert_eq!(dct_scale_denominator(510, 256), 1);
+        assert_eq!(dct_scale_denominator(100, 256), 1);
     }
 }
