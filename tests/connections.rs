@@ -1,6 +1,6 @@
 //! Connection-level defences against slow and abusive clients (slowloris on headers and body,
-//! idle connections, oversized heads, a connection cap) and TLS for REST and gRPC, against a
-//! real server over raw sockets and real clients.
+//! idle connections, oversized heads, a connection cap), HTTP/2 settings, and TLS for REST and
+//! gRPC, against a real server over raw sockets and real clients.
 
 mod support;
 
@@ -172,6 +172,63 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         .unwrap()
         .unwrap();
     assert_eq!(status, 200);
+    server.stop().await;
+}
+
+/// Opens an HTTP/2 connection with prior knowledge (h2c) to `address` and returns the
+/// server's first SETTINGS frame as (identifier, value) pairs.
+async fn server_settings(address: std::net::SocketAddr) -> Vec<(u16, u32)> {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    // The client preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let read = async {
+        loop {
+            let mut header = [0u8; 9];
+            stream.read_exact(&mut header).await.unwrap();
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; length];
+            stream.read_exact(&mut payload).await.unwrap();
+            // SETTINGS, not an acknowledgement.
+            if header[3] == 4 && header[4] & 1 == 0 {
+                return payload
+                    .chunks_exact(6)
+                    .map(|entry| {
+                        (
+                            u16::from_be_bytes([entry[0], entry[1]]),
+                            u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]),
+                        )
+                    })
+                    .collect();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("no SETTINGS frame from the server")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_carry_the_stream_limit_and_the_frame_size() {
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const MAX_FRAME_SIZE: u16 = 0x5;
+    let repository = repository();
+    let server = start(repository.path(), &["--max-concurrent-streams", "7"]).await;
+    for address in [server.server.http_address, server.server.grpc_address] {
+        let settings = server_settings(address).await;
+        assert!(
+            settings.contains(&(MAX_CONCURRENT_STREAMS, 7)),
+            "{address}: {settings:?}"
+        );
+        // A 600 KB tensor in one frame instead of 37 (docs/PERFORMANCE.md).
+        assert!(
+            settings.contains(&(MAX_FRAME_SIZE, 1 << 20)),
+            "{address}: {settings:?}"
+        );
+    }
+    healthy(&server).await;
     server.stop().await;
 }
 
