@@ -3,6 +3,7 @@
 
 mod support;
 
+use resnet_serve::batcher::latency::THROUGHPUT_NOISE;
 use resnet_serve::grpc::kserve::proto::ModelConfigRequest;
 use resnet_serve::grpc::kserve::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use support::{Repository, TestServer, histogram, image, slow_model_dir, start};
@@ -337,9 +338,12 @@ async fn target_p99_calibrates_the_batch_size_and_reports_it() {
         .iter()
         .find(|(size, _)| *size == chosen)
         .unwrap_or_else(|| panic!("chose {chosen}, not a measured size: {measured:?}"));
+    // The fastest, or the smallest within the measurements' noise of it (the reported times
+    // are rounded, hence the slack).
     for &(size, ms) in &measured {
         assert!(
-            throughput(chosen, chosen_ms) >= throughput(size, ms),
+            throughput(chosen, chosen_ms)
+                >= throughput(size, ms) * (1.0 - THROUGHPUT_NOISE) * 0.999,
             "chose {chosen} but {size} is faster: {measured:?}"
         );
     }
