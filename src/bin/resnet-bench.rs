@@ -613,6 +613,9 @@ fn summarise(
 /// Batch sizes the raw-ORT baseline measures.
 const RAW_SIZES: [usize; 6] = [1, 2, 4, 8, 16, 32];
 
+/// Rounds over every size in each half of the baseline.
+const RAW_ROUNDS: usize = 2;
+
 /// ONNX Runtime alone, in this process, at batch sizes 1..=32: images/s and batch-1 latency.
 /// Measured in interleaved rounds (a drift of the machine's speed, from other tenants or
 /// frequency, spreads over all sizes instead of favouring one), half before the server is
@@ -672,10 +675,10 @@ impl RawOrtBaseline {
         })
     }
 
-    /// Measures for about `seconds`, in `rounds` rounds over every size.
-    fn measure(&mut self, seconds: f64, rounds: usize) -> anyhow::Result<()> {
-        let slot = Duration::from_secs_f64(seconds / (RAW_SIZES.len() * rounds.max(1)) as f64);
-        for _ in 0..rounds.max(1) {
+    /// Measures for about `seconds`, in [`RAW_ROUNDS`] rounds over every size.
+    fn measure(&mut self, seconds: f64) -> anyhow::Result<()> {
+        let slot = Duration::from_secs_f64(seconds / (RAW_SIZES.len() * RAW_ROUNDS) as f64);
+        for _ in 0..RAW_ROUNDS {
             for ((&batch, tensor), total) in
                 RAW_SIZES.iter().zip(&self.tensors).zip(&mut self.totals)
             {
@@ -698,7 +701,7 @@ impl RawOrtBaseline {
     }
 
     /// What was measured.
-    fn report(&self) -> RawOrt {
+    fn report(self) -> RawOrt {
         let by_batch: BTreeMap<usize, f64> = RAW_SIZES
             .iter()
             .zip(self.totals)
@@ -718,7 +721,7 @@ impl RawOrtBaseline {
             images_per_second_by_batch: by_batch,
             best_batch_size,
             best_images_per_second,
-            batch1_latency_ms: Percentiles::of(self.batch1_runs_ms.clone()).p50,
+            batch1_latency_ms: Percentiles::of(self.batch1_runs_ms).p50,
         }
     }
 }
@@ -726,7 +729,7 @@ impl RawOrtBaseline {
 /// Runs `measure` on `baseline` off the async workers.
 async fn measure_raw(mut baseline: RawOrtBaseline, seconds: f64) -> anyhow::Result<RawOrtBaseline> {
     tokio::task::spawn_blocking(move || {
-        baseline.measure(seconds, 2)?;
+        baseline.measure(seconds)?;
         Ok(baseline)
     })
     .await?
