@@ -632,13 +632,21 @@ impl Worker {
         }
     }
 
-    /// Runs `jobs` as one batch (their inputs copied into `input`) and checks the output size.
+    /// Runs `jobs` as one batch (their inputs copied into `input` when there are several) and
+    /// checks the output size.
     fn infer(&mut self, jobs: &[Job], input: &mut Vec<f32>) -> Result<Vec<f32>, BackendError> {
         let images: usize = jobs.iter().map(|job| job.images).sum();
-        input.clear();
-        for job in jobs {
-            input.extend_from_slice(&job.input);
-        }
+        // A batch of one job runs on that job's buffer; only a larger one is assembled.
+        let input: &[f32] = match jobs {
+            [job] => &job.input,
+            _ => {
+                input.clear();
+                for job in jobs {
+                    input.extend_from_slice(&job.input);
+                }
+                input
+            }
+        };
         if input.len() != images * self.config.tensor_len {
             return Err(BackendError::Run(format!(
                 "batch holds {} values, expected {}",

@@ -59,7 +59,8 @@ impl PreprocessPool {
         timeout_ms: u64,
     ) -> Result<Vec<f32>, ServiceError> {
         let slot = spec.tensor_len();
-        let mut tasks = Vec::with_capacity(images.len());
+        let images_total = images.len();
+        let mut tasks = Vec::with_capacity(images_total);
         for (index, image) in images.into_iter().enumerate() {
             let permit =
                 tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned())
@@ -97,12 +98,19 @@ impl PreprocessPool {
                 })
             }));
         }
-        let mut input = Vec::with_capacity(tasks.len() * slot);
-        for task in tasks {
+        let mut input = Vec::new();
+        for (index, task) in tasks.into_iter().enumerate() {
             let tensor = task.await.map_err(|error| {
                 ServiceError::Internal(format!("preprocessing task failed: {error}"))
             })??;
-            input.extend_from_slice(&tensor);
+            // The first image's buffer becomes the request's: a single image (most requests)
+            // is not copied again.
+            if index == 0 {
+                input = tensor;
+                input.reserve_exact((images_total - 1) * slot);
+            } else {
+                input.extend_from_slice(&tensor);
+            }
         }
         Ok(input)
     }
