@@ -1,6 +1,7 @@
 //! `resnet-bench` against a real server for a few seconds per protocol: the report is
 //! well-formed, every level has requests and zero errors, and the raw-ORT baseline and the
-//! ratio are there, and with `--metrics` the server's side of each level. Not a timing test:
+//! ratio are there, with `--metrics` the server's side of each level, and each level's
+//! latency split by the stage times the answers carry. Not a timing test:
 //! no number is compared with a threshold.
 
 mod support;
@@ -53,6 +54,18 @@ fn assert_clean_levels(report: &serde_json::Value, expected: usize) {
         assert_eq!(level["errors"], serde_json::json!({}), "{level}");
         let latency = &level["latency_ms"];
         assert!(latency["p50"].as_f64().unwrap() <= latency["p99"].as_f64().unwrap());
+        // Every protocol's answers carry the server's stage times: inference took time, and
+        // what the client saw contains the server's decode and inference.
+        let stages = &level["stages"];
+        assert!(stages["infer_ms"]["p50"].as_f64().unwrap() > 0.0, "{level}");
+        assert!(
+            stages["decode_ms"]["p50"].as_f64().unwrap() >= 0.0,
+            "{level}"
+        );
+        assert!(
+            stages["outside_ms"]["p50"].as_f64().unwrap() > 0.0,
+            "{level}"
+        );
     }
 }
 
@@ -112,6 +125,7 @@ fn every_protocol_reports_without_errors() {
             > 0.0
     );
     assert!(report["p50_overhead_at_concurrency_1_ms"].is_number());
+    assert!(report["p50_outside_decode_and_inference_at_concurrency_1_ms"].is_number());
 
     let open = bench(
         &server.address,

@@ -12,7 +12,7 @@ use resnet_serve::grpc::kserve::proto::{
     infer_parameter::ParameterChoice,
     model_infer_request::{InferInputTensor, InferRequestedOutputTensor},
 };
-use support::{Repository, TestServer, image, slow_model_dir, start};
+use support::{Repository, TestServer, image, server_timing_ms, slow_model_dir, start};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -134,11 +134,21 @@ async fn inference_service_answers_like_triton() {
     // Raw FP32 in, raw logits out; typed contents in, typed logits out; the same numbers.
     let mut tensor = vec![0.0f32; 2 * 784];
     tensor[100] = 1.5;
-    let response = client
-        .model_infer(raw_request(&tensor, 2))
-        .await
+    let response = client.model_infer(raw_request(&tensor, 2)).await.unwrap();
+    // The stages' times in the response metadata, as REST sends them in a header.
+    let timing = response
+        .metadata()
+        .get("server-timing")
+        .expect("a server-timing entry")
+        .to_str()
         .unwrap()
-        .into_inner();
+        .to_string();
+    let (infer, total) = (
+        server_timing_ms(&timing, "infer"),
+        server_timing_ms(&timing, "total"),
+    );
+    assert!(infer > 0.0 && infer <= total, "{timing}");
+    let response = response.into_inner();
     assert_eq!(
         (
             response.id.as_str(),

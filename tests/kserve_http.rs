@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use support::{Repository, TestServer, image, slow_model_dir, start};
+use support::{Repository, TestServer, image, server_timing_ms, slow_model_dir, start};
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -231,6 +231,17 @@ async fn json_binary_and_encoded_images_give_the_same_logits() {
         .await
         .unwrap();
     assert!(response.headers().get(HEADER_LENGTH).is_none());
+    // The stages' times, as /classify sends them: inference is part of the total.
+    let timing = response.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (infer, total) = (
+        server_timing_ms(&timing, "infer"),
+        server_timing_ms(&timing, "total"),
+    );
+    assert!(infer > 0.0 && infer <= total, "{timing}");
+    assert_eq!(server_timing_ms(&timing, "decode"), 0.0, "{timing}");
     let (status, body, _) = split(response).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(

@@ -107,6 +107,74 @@ struct Level {
     errors: BTreeMap<String, usize>,
     /// From the server's metrics over the measured window (with `--metrics`).
     server: Option<ServerSide>,
+    /// Each answer's own stage times, from its `Server-Timing` (absent if none carried it).
+    stages: Option<StageLatencies>,
+}
+
+/// What a server said one request's stages took (`Server-Timing`, or gRPC `Timing`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stages {
+    decode_ms: f64,
+    infer_ms: f64,
+}
+
+impl Stages {
+    /// From a `Server-Timing` value such as `decode;dur=1.2, queue;dur=0.4, infer;dur=9.8`.
+    fn parse(value: &str) -> Option<Self> {
+        let stage = |name: &str| {
+            value.split(',').find_map(|entry| {
+                let (key, duration) = entry.trim().split_once(';')?;
+                (key == name).then(|| duration.strip_prefix("dur=")?.parse::<f64>().ok())?
+            })
+        };
+        Some(Self {
+            decode_ms: stage("decode")?,
+            infer_ms: stage("infer")?,
+        })
+    }
+}
+
+/// Per-request latency split by the server's own stage times: with concurrency 1 the
+/// `outside_ms` part is what the server and the client cost besides decoding and inference,
+/// free of how fast ONNX Runtime happens to run in the server's process.
+#[derive(Debug, Serialize)]
+struct StageLatencies {
+    decode_ms: Percentiles,
+    infer_ms: Percentiles,
+    /// Latency minus decode minus inference, request by request.
+    outside_ms: Percentiles,
+}
+
+impl StageLatencies {
+    fn of(answers: &[(f64, Stages)]) -> Option<Self> {
+        if answers.is_empty() {
+            return None;
+        }
+        let series = |part: fn(&(f64, Stages)) -> f64| answers.iter().map(part).collect();
+        Some(Self {
+            decode_ms: Percentiles::of(series(|(_, stages)| stages.decode_ms)),
+            infer_ms: Percentiles::of(series(|(_, stages)| stages.infer_ms)),
+            outside_ms: Percentiles::of(series(|(latency, stages)| {
+                latency - stages.decode_ms - stages.infer_ms
+            })),
+        })
+    }
+}
+
+/// A request's outcome ("200"/"OK" or the error status) and the stage times it reported.
+#[derive(Debug)]
+struct Answer {
+    outcome: String,
+    stages: Option<Stages>,
+}
+
+impl Answer {
+    fn failed(outcome: String) -> Self {
+        Self {
+            outcome,
+            stages: None,
+        }
+    }
 }
 
 /// What the server's own counters say about a measured window.
@@ -250,6 +318,9 @@ struct Report {
     server_over_raw_ort_at_server_batch: Option<f64>,
     /// Server p50 at concurrency 1 minus raw ORT batch-1 latency.
     p50_overhead_at_concurrency_1_ms: Option<f64>,
+    /// At concurrency 1, the p50 of each request's latency minus its own decode and inference
+    /// times (from `Server-Timing`).
+    p50_outside_decode_and_inference_at_concurrency_1_ms: Option<f64>,
 }
 
 /// A client of the server under test.
@@ -384,10 +455,10 @@ impl Client {
     }
 
     /// Sends one image (encoded, or a tensor for V2) with an optional deadline; returns the
-    /// outcome label ("200"/"OK" or the error status).
+    /// outcome and the server's stage times.
     /// The body is shared, not copied: the load generator shares the server's cores, so what
     /// it spends per request is taken from the server.
-    async fn send(&mut self, image: &Bytes, deadline: Option<Duration>) -> String {
+    async fn send(&mut self, image: &Bytes, deadline: Option<Duration>) -> Answer {
         match self {
             Self::Rest { http, url } => {
                 let mut request = http.post(url.as_str()).body(image.clone());
@@ -405,8 +476,14 @@ impl Client {
                     ..Default::default()
                 };
                 match grpc.classify(with_deadline(request, deadline)).await {
-                    Ok(_) => "OK".into(),
-                    Err(status) => format!("{:?}", status.code()),
+                    Ok(response) => Answer {
+                        outcome: "OK".into(),
+                        stages: response.into_inner().timing.map(|timing| Stages {
+                            decode_ms: f64::from(timing.decode_ms),
+                            infer_ms: f64::from(timing.infer_ms),
+                        }),
+                    },
+                    Err(status) => Answer::failed(format!("{:?}", status.code())),
                 }
             }
             Self::V2Rest { http, url, input } => {
@@ -444,23 +521,36 @@ impl Client {
                     ..Default::default()
                 };
                 match grpc.model_infer(with_deadline(request, deadline)).await {
-                    Ok(_) => "OK".into(),
-                    Err(status) => format!("{:?}", status.code()),
+                    Ok(response) => Answer {
+                        outcome: "OK".into(),
+                        stages: response
+                            .metadata()
+                            .get("server-timing")
+                            .and_then(|value| value.to_str().ok())
+                            .and_then(Stages::parse),
+                    },
+                    Err(status) => Answer::failed(format!("{:?}", status.code())),
                 }
             }
         }
     }
 }
 
-/// Sends an HTTP request and reads its whole answer; the status code, or the transport error.
-async fn http_outcome(request: reqwest::RequestBuilder) -> String {
+/// Sends an HTTP request and reads its whole answer; the status code and `Server-Timing`, or
+/// the transport error.
+async fn http_outcome(request: reqwest::RequestBuilder) -> Answer {
     match request.send().await {
         Ok(response) => {
-            let status = response.status().as_u16().to_string();
+            let outcome = response.status().as_u16().to_string();
+            let stages = response
+                .headers()
+                .get("server-timing")
+                .and_then(|value| value.to_str().ok())
+                .and_then(Stages::parse);
             let _ = response.bytes().await;
-            status
+            Answer { outcome, stages }
         }
-        Err(error) => format!("transport: {error}"),
+        Err(error) => Answer::failed(format!("transport: {error}")),
     }
 }
 
@@ -503,7 +593,7 @@ fn load_images(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(images)
 }
 
-type Samples = Vec<(Instant, f64, String)>;
+type Samples = Vec<(Instant, f64, Answer)>;
 
 /// Closed loop: `clients` tasks each send their next request when the last is answered.
 async fn closed_loop(
@@ -592,11 +682,13 @@ fn summarise(
         .collect();
     let mut errors = BTreeMap::new();
     let mut latencies = Vec::new();
-    for (_, latency, outcome) in &measured {
-        if is_success(outcome) {
+    let mut staged = Vec::new();
+    for (_, latency, answer) in &measured {
+        if is_success(&answer.outcome) {
             latencies.push(*latency);
+            staged.extend(answer.stages.map(|stages| (*latency, stages)));
         } else {
-            *errors.entry(outcome.clone()).or_insert(0) += 1;
+            *errors.entry(answer.outcome.clone()).or_insert(0) += 1;
         }
     }
     Level {
@@ -607,6 +699,7 @@ fn summarise(
         latency_ms: Percentiles::of(latencies),
         errors,
         server: None,
+        stages: StageLatencies::of(&staged),
     }
 }
 
@@ -843,7 +936,7 @@ async fn main() -> anyhow::Result<()> {
             level.server = Some(watch.await??);
         }
         eprintln!(
-            "{mode} {load}: {:.1} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {:?}{}",
+            "{mode} {load}: {:.1} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {:?}{}{}",
             level.throughput_per_second,
             level.latency_ms.p50,
             level.latency_ms.p99,
@@ -856,6 +949,13 @@ async fn main() -> anyhow::Result<()> {
                     server.inference_busy_fraction,
                     server.inference_images_per_second,
                     server.mean_batch_size
+                )),
+            level
+                .stages
+                .as_ref()
+                .map_or(String::new(), |stages| format!(
+                    "; p50 decode {:.2} ms, inference {:.2} ms, outside both {:.2} ms",
+                    stages.decode_ms.p50, stages.infer_ms.p50, stages.outside_ms.p50
                 ))
         );
         levels.push(level);
@@ -894,6 +994,10 @@ async fn main() -> anyhow::Result<()> {
             .find(|level| level.mode == "closed" && level.load == 1.0)
             .map(|level| level.latency_ms.p50 - raw.batch1_latency_ms)
     });
+    let p50_outside = levels
+        .iter()
+        .find(|level| level.mode == "closed" && level.load == 1.0)
+        .and_then(|level| Some(level.stages.as_ref()?.outside_ms.p50));
     let report = Report {
         target: args.target.clone(),
         protocol: args.protocol,
@@ -904,6 +1008,7 @@ async fn main() -> anyhow::Result<()> {
         inference_in_server_over_raw_ort,
         server_over_raw_ort_at_server_batch,
         p50_overhead_at_concurrency_1_ms: p50_overhead,
+        p50_outside_decode_and_inference_at_concurrency_1_ms: p50_outside,
     };
     std::fs::create_dir_all(&args.output)?;
     std::fs::write(
@@ -927,6 +1032,41 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stages_come_from_server_timing_in_any_order() {
+        let stages = Stages::parse("queue;dur=0.4, infer;dur=9.75,decode;dur=1.2, total;dur=11.9");
+        assert_eq!(
+            stages,
+            Some(Stages {
+                decode_ms: 1.2,
+                infer_ms: 9.75
+            })
+        );
+        // A stage missing, or a duration that is not a number, gives nothing.
+        assert_eq!(Stages::parse("decode;dur=1.2, total;dur=2"), None);
+        assert_eq!(Stages::parse("decode;dur=x, infer;dur=1"), None);
+        // A name that only starts like a stage is not that stage.
+        assert_eq!(Stages::parse("decoder;dur=1, infer;dur=1"), None);
+    }
+
+    #[test]
+    fn outside_time_is_latency_less_decode_and_inference_per_request() {
+        let stage = |decode_ms, infer_ms| Stages {
+            decode_ms,
+            infer_ms,
+        };
+        let answers = [
+            (12.0, stage(1.0, 10.0)),
+            (33.0, stage(2.0, 30.0)),
+            (25.0, stage(0.0, 21.0)),
+        ];
+        let split = StageLatencies::of(&answers).unwrap();
+        assert_eq!(split.outside_ms.p50, 1.0);
+        assert_eq!(split.outside_ms.max, 4.0);
+        assert_eq!(split.infer_ms.p50, 21.0);
+        assert!(StageLatencies::of(&[]).is_none());
+    }
 
     #[test]
     fn inference_counters_add_up_every_model_and_skip_the_rest() {

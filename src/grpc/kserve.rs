@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::status::{grpc_timeout, status};
 use crate::kserve::{self, EXTENSIONS, SERVER_NAME, model as v2};
 use crate::metrics::Metrics;
-use crate::service::Classifier;
+use crate::service::{Classifier, Timing};
 
 /// Generated code for Triton's `inference` package.
 #[allow(clippy::all, missing_docs, reason = "generated code")]
@@ -53,18 +53,24 @@ async fn infer_one(
     metrics: &Metrics,
     message: ModelInferRequest,
     deadline: Option<std::time::Duration>,
-) -> Result<ModelInferResponse, Status> {
+) -> Result<(ModelInferResponse, Timing), Status> {
     let started = Instant::now();
     let model_name = message.model_name.clone();
     let result = match convert::request(message, deadline) {
         Ok(converted) => kserve::infer(classifier, converted.request)
             .await
-            .map(|response| convert::response(response, converted.id, converted.raw))
+            .map(|response| {
+                let timing = response.timing;
+                (
+                    convert::response(response, converted.id, converted.raw),
+                    timing,
+                )
+            })
             .map_err(|error| status(&error)),
         Err(error) => Err(status(&error)),
     };
     let (model, version, code) = match &result {
-        Ok(response) => (
+        Ok((response, _)) => (
             response.model_name.clone(),
             response.model_version.clone(),
             "OK".to_string(),
@@ -176,7 +182,14 @@ impl GrpcInferenceService for KserveApi {
             deadline,
         )
         .await
-        .map(Response::new)
+        .map(|(message, timing)| {
+            let mut response = Response::new(message);
+            // As REST: the stages' times, for clients and load generators that split latency.
+            if let Ok(value) = timing.server_timing().parse() {
+                response.metadata_mut().insert("server-timing", value);
+            }
+            response
+        })
     }
 
     type ModelStreamInferStream = StreamInferStream;
@@ -197,7 +210,7 @@ impl GrpcInferenceService for KserveApi {
                     // As Triton: a failed request is reported in-band and the stream goes on.
                     Ok(
                         match infer_one(&classifier, &metrics, message, None).await {
-                            Ok(response) => ModelStreamInferResponse {
+                            Ok((response, _)) => ModelStreamInferResponse {
                                 error_message: String::new(),
                                 infer_response: Some(response),
                             },

@@ -241,20 +241,9 @@ fn success(classification: Classification, multi: bool) -> Response {
             results: None,
         }
     };
-    let server_timing = format!(
-        "decode;dur={:.3}, queue;dur={:.3}, infer;dur={:.3}, total;dur={:.3}",
-        milliseconds(timing.decode),
-        milliseconds(timing.queue),
-        milliseconds(timing.infer),
-        milliseconds(timing.total)
-    );
     let mut response = (StatusCode::OK, Json(body)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&server_timing) {
+    if let Ok(value) = HeaderValue::from_str(&timing.server_timing()) {
         response.headers_mut().insert("server-timing", value);
     }
     response
-}
-
-fn milliseconds(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }

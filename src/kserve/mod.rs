@@ -8,7 +8,7 @@ pub mod tensor;
 use bytes::Bytes;
 
 use crate::error::ServiceError;
-use crate::service::{Classifier, ImageInput, InferOptions, LoadedModel};
+use crate::service::{Classifier, ImageInput, InferOptions, LoadedModel, Timing};
 
 /// The platform reported in metadata and configuration (Triton's name for ONNX Runtime).
 pub const PLATFORM: &str = "onnxruntime_onnx";
@@ -118,6 +118,8 @@ pub struct InferResponse {
     pub model_version: String,
     /// Outputs in the order requested.
     pub outputs: Vec<InferOutputTensor>,
+    /// Time spent in each stage.
+    pub timing: Timing,
 }
 
 /// Runs a V2 inference: validates the input against the model, infers, shapes the outputs.
@@ -164,6 +166,7 @@ pub async fn infer(
         model_name: output.model,
         model_version: output.version,
         outputs: tensors,
+        timing: output.timing,
     })
 }
 

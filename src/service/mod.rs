@@ -59,6 +59,20 @@ pub struct Timing {
     pub total: Duration,
 }
 
+impl Timing {
+    /// The stages as a `Server-Timing` header value (milliseconds), as REST and gRPC send it.
+    pub fn server_timing(&self) -> String {
+        let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
+        format!(
+            "decode;dur={:.3}, queue;dur={:.3}, infer;dur={:.3}, total;dur={:.3}",
+            ms(self.decode),
+            ms(self.queue),
+            ms(self.infer),
+            ms(self.total)
+        )
+    }
+}
+
 /// The answer to a [`ClassifyRequest`].
 #[derive(Debug, Clone)]
 pub struct Classification {

@@ -209,6 +209,16 @@ pub async fn error_of(response: reqwest::Response) -> (u16, String, String) {
     (status, code, message)
 }
 
+/// Milliseconds of `stage` in a `Server-Timing` value such as `infer;dur=9.8, total;dur=11.9`;
+/// panics when it is missing or not a number.
+pub fn server_timing_ms(value: &str, stage: &str) -> f64 {
+    value
+        .split(',')
+        .find_map(|entry| entry.trim().strip_prefix(&format!("{stage};dur=")))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no {stage} duration in Server-Timing `{value}`"))
+}
+
 /// Sum and count of a histogram for a model, from the metrics text.
 pub fn histogram(text: &str, name: &str, model: &str) -> (f64, f64) {
     let value = |suffix: &str| {

@@ -333,7 +333,17 @@ fn bool_parameter(parameters: &Parameters, key: &str) -> Result<Option<bool>, Ap
 
 /// The response: JSON only, or (when any output is binary) the JSON header followed by the
 /// binary outputs in order, with `Inference-Header-Content-Length`.
+/// The response, with the stages' times in `Server-Timing` as `/classify` sends them.
 fn encode(response: kserve::InferResponse, plan: Plan) -> Response {
+    let server_timing = HeaderValue::from_str(&response.timing.server_timing());
+    let mut response = encode_body(response, plan);
+    if let Ok(value) = server_timing {
+        response.headers_mut().insert("server-timing", value);
+    }
+    response
+}
+
+fn encode_body(response: kserve::InferResponse, plan: Plan) -> Response {
     let mut binary = Vec::new();
     let outputs: Vec<Value> = response
         .outputs
