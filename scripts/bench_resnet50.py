@@ -134,12 +134,17 @@ def main():
         "tensors": {"server_over_raw_ort": tensors["server_over_raw_ort"],
                     "inference_in_server_over_raw_ort": tensors["inference_in_server_over_raw_ort"],
                     "p50_overhead_at_concurrency_1_ms": tensors["p50_overhead_at_concurrency_1_ms"],
+                    "p50_outside_inference_at_concurrency_1_ms":
+                        tensors["p50_outside_decode_and_inference_at_concurrency_1_ms"],
                     "raw_ort": tensors["raw_ort"],
                     "levels": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms",
-                                                      "server")}
+                                                      "server", "stages")}
                                for level in tensors["levels"]]},
-        "jpeg": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms", "errors")}
-                 for level in jpeg["levels"]],
+        "jpeg": {"p50_outside_decode_and_inference_at_concurrency_1_ms":
+                     jpeg["p50_outside_decode_and_inference_at_concurrency_1_ms"],
+                 "levels": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms",
+                                                   "errors", "stages")}
+                            for level in jpeg["levels"]]},
     }
     summary["request_path_p50_ms"] = request_path(bin_dir)
     summary["cpu_arena"] = args.cpu_arena
