@@ -6,7 +6,7 @@
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -19,6 +19,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+/// When a request's head arrived, before its body was read (a request extension, over HTTP and
+/// gRPC alike): deadlines and the latency target count from here.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub Instant);
 
 /// Per-connection limits (`--max-connections`, `--header-read-timeout-ms`, ...).
 #[derive(Debug, Clone)]
@@ -173,7 +178,8 @@ impl Connection {
     {
         let app = self.app;
         let service = TowerToHyperService::new(app.map_request(
-            |request: axum::http::Request<hyper::body::Incoming>| {
+            |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(Arrival(Instant::now()));
                 request.map(axum::body::Body::new)
             },
         ));

@@ -143,6 +143,43 @@ async fn expired_deadlines_answer_504_before_inference() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_counts_from_the_request_s_arrival_not_from_its_last_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let repository = Repository::new().model("slow", &slow_model_dir(), None);
+    let server = start(repository.path(), &[]).await;
+    let png = image("fashion-0-label9.png");
+    // The head and half the body, then the rest 400 ms later: a 200 ms deadline has passed
+    // by the time the body is complete, so the request is not run at all.
+    let send = |timeout_ms: u64| {
+        let png = png.clone();
+        let address = server.server.http_address;
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let head = format!(
+                "POST /classify?model=slow HTTP/1.1\r\nhost: test\r\ncontent-type: image/png\r\n\
+                 content-length: {}\r\nx-request-timeout-ms: {timeout_ms}\r\nconnection: close\r\n\r\n",
+                png.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let half = png.len() / 2;
+            stream.write_all(&png[..half]).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            stream.write_all(&png[half..]).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer
+        }
+    };
+    let late = send(200).await;
+    assert!(late.starts_with("HTTP/1.1 504"), "{late}");
+    assert!(late.contains("deadline"), "{late}");
+    // The same slow upload with room to spare is served.
+    let served = send(5000).await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_must_be_within_the_configured_levels() {
     let config = "[batching]\npriority_levels = 2\ndefault_priority = 2\n";
     let repository = Repository::new().model("slow", &slow_model_dir(), Some(config));

@@ -23,6 +23,8 @@ pub struct Job {
     pub images: usize,
     /// Priority level index (0 = highest).
     pub level: usize,
+    /// When its request arrived: the latency target counts from here.
+    pub arrived: Instant,
     /// Drop the job (504) if it has not started by then.
     pub deadline: Instant,
     /// Where the result goes; the request side drops the receiver if its client leaves.
@@ -33,11 +35,12 @@ pub struct Job {
 }
 
 impl Job {
-    /// A job for `images` images of preprocessed `input`.
+    /// A job for `images` images of preprocessed `input`, from a request that `arrived` then.
     pub fn new(
         input: Vec<f32>,
         images: usize,
         level: usize,
+        arrived: Instant,
         deadline: Instant,
         respond: oneshot::Sender<Result<JobOutput, BatchError>>,
     ) -> Self {
@@ -46,6 +49,7 @@ impl Job {
             input,
             images,
             level,
+            arrived,
             deadline,
             respond,
             span: tracing::Span::current(),
@@ -221,6 +225,24 @@ impl Admission {
     }
 
     /// A batch of `images` took `actual`: corrects later estimates.
+    /// What a job of `images` may still take, and what bounds it: what is left of the target
+    /// after the `spent` since its request arrived, or what remains `to_deadline`, whichever
+    /// is sooner. A target below one batch of the job cannot be met even when idle: then only
+    /// waiting is refused.
+    fn budget(
+        &self,
+        images: usize,
+        spent: Duration,
+        to_deadline: Duration,
+    ) -> (Duration, &'static str) {
+        let target = self.target.saturating_sub(spent).max(self.estimate(images));
+        if target < to_deadline {
+            (target, "is the model's latency target")
+        } else {
+            (to_deadline, "remain to the deadline")
+        }
+    }
+
     fn observed(&self, images: usize, actual: Duration) {
         let estimated = self.profile.estimate(images);
         let slowdown = latency::updated_slowdown(self.slowdown(), estimated, actual);
@@ -269,15 +291,11 @@ impl BatcherHandle {
             };
             let expected = latency::expected_completion(&admission.profile, load, images)
                 .mul_f64(admission.slowdown());
-            let to_deadline = job.deadline.saturating_duration_since(now);
-            // A target below one batch of the job cannot be met even when idle: then only
-            // waiting is refused.
-            let target = admission.target.max(admission.estimate(images));
-            let (budget, bound) = if target < to_deadline {
-                (target, "is the model's latency target")
-            } else {
-                (to_deadline, "remain to the deadline")
-            };
+            let (budget, bound) = admission.budget(
+                images,
+                now.saturating_duration_since(job.arrived),
+                job.deadline.saturating_duration_since(now),
+            );
             if expected > budget {
                 self.metrics
                     .rejected
@@ -725,6 +743,33 @@ mod tests {
         // A level past the configured ones counts everything and is not itself counted.
         admission.enqueued(7, 1);
         assert_eq!(admission.queued_ahead(7), 3);
+    }
+
+    #[test]
+    fn the_target_counts_from_the_request_s_arrival() {
+        // Target 100 ms, 10 ms per image.
+        let admission = admission(1, 1);
+        let far = Duration::from_secs(10);
+        let target = "is the model's latency target";
+        assert_eq!(
+            admission.budget(1, Duration::ZERO, far),
+            (Duration::from_millis(100), target)
+        );
+        // 60 ms spent receiving and decoding leave 40.
+        assert_eq!(
+            admission.budget(1, Duration::from_millis(60), far),
+            (Duration::from_millis(40), target)
+        );
+        // Past the target, the job's own batch is still allowed: only waiting is refused.
+        assert_eq!(
+            admission.budget(2, Duration::from_millis(150), far),
+            (Duration::from_millis(20), target)
+        );
+        // A nearer deadline bounds it instead.
+        assert_eq!(
+            admission.budget(1, Duration::from_millis(10), Duration::from_millis(30)),
+            (Duration::from_millis(30), "remain to the deadline")
+        );
     }
 
     #[test]

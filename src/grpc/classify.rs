@@ -12,6 +12,7 @@ use super::proto::classify_service_server::ClassifyService;
 use super::proto::{self, image::Data};
 use super::status::{grpc_timeout, status};
 use crate::error::ServiceError;
+use crate::listen::Arrival;
 use crate::metrics::{Metrics, UNKNOWN_MODEL};
 use crate::preprocess::Channels;
 use crate::service::{Classification, Classifier, ClassifyRequest, ImageInput};
@@ -39,6 +40,7 @@ impl ClassifyApi {
 fn to_service_request(
     request: proto::ClassifyRequest,
     timeout: Option<Duration>,
+    arrived: Option<Instant>,
 ) -> Result<ClassifyRequest, Status> {
     let mut images = Vec::with_capacity(request.images.len());
     for (index, image) in request.images.into_iter().enumerate() {
@@ -79,6 +81,7 @@ fn to_service_request(
         priority: Some(u64::from(request.priority)),
         timeout,
         numbered,
+        arrived,
     })
 }
 
@@ -118,11 +121,12 @@ impl ClassifyApi {
         metrics: &Metrics,
         request: proto::ClassifyRequest,
         timeout: Option<Duration>,
+        arrived: Option<Instant>,
     ) -> Result<proto::ClassifyResponse, Status> {
         let started = Instant::now();
         let id = request.id.clone();
         let model_name = request.model.clone();
-        let result = match to_service_request(request, timeout) {
+        let result = match to_service_request(request, timeout, arrived) {
             Ok(request) => classifier
                 .classify(request)
                 .await
@@ -166,11 +170,16 @@ impl ClassifyService for ClassifyApi {
         request: Request<proto::ClassifyRequest>,
     ) -> Result<Response<proto::ClassifyResponse>, Status> {
         let timeout = grpc_timeout(request.metadata());
+        let arrived = request
+            .extensions()
+            .get::<Arrival>()
+            .map(|arrival| arrival.0);
         let response = Self::classify_one(
             &self.classifier,
             &self.metrics,
             request.into_inner(),
             timeout,
+            arrived,
         )
         .await?;
         Ok(Response::new(response))
@@ -193,7 +202,7 @@ impl ClassifyService for ClassifyApi {
                 async move {
                     let message = message?;
                     let id = message.id.clone();
-                    Self::classify_one(&classifier, &metrics, message, timeout)
+                    Self::classify_one(&classifier, &metrics, message, timeout, None)
                         .await
                         .map_err(|status| {
                             Status::new(

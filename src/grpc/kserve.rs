@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::status::{grpc_timeout, status};
 use crate::kserve::{self, EXTENSIONS, SERVER_NAME, model as v2};
+use crate::listen::Arrival;
 use crate::metrics::Metrics;
 use crate::service::{Classifier, Timing};
 
@@ -53,20 +54,24 @@ async fn infer_one(
     metrics: &Metrics,
     message: ModelInferRequest,
     deadline: Option<std::time::Duration>,
+    arrived: Option<Instant>,
 ) -> Result<(ModelInferResponse, Timing), Status> {
     let started = Instant::now();
     let model_name = message.model_name.clone();
     let result = match convert::request(message, deadline) {
-        Ok(converted) => kserve::infer(classifier, converted.request)
-            .await
-            .map(|response| {
-                let timing = response.timing;
-                (
-                    convert::response(response, converted.id, converted.raw),
-                    timing,
-                )
-            })
-            .map_err(|error| status(&error)),
+        Ok(mut converted) => {
+            converted.request.options.arrived = arrived;
+            kserve::infer(classifier, converted.request)
+                .await
+                .map(|response| {
+                    let timing = response.timing;
+                    (
+                        convert::response(response, converted.id, converted.raw),
+                        timing,
+                    )
+                })
+                .map_err(|error| status(&error))
+        }
         Err(error) => Err(status(&error)),
     };
     let (model, version, code) = match &result {
@@ -175,11 +180,16 @@ impl GrpcInferenceService for KserveApi {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = grpc_timeout(request.metadata());
+        let arrived = request
+            .extensions()
+            .get::<Arrival>()
+            .map(|arrival| arrival.0);
         infer_one(
             &self.classifier,
             &self.metrics,
             request.into_inner(),
             deadline,
+            arrived,
         )
         .await
         .map(|(message, timing)| {
@@ -209,7 +219,7 @@ impl GrpcInferenceService for KserveApi {
                     let id = message.id.clone();
                     // As Triton: a failed request is reported in-band and the stream goes on.
                     Ok(
-                        match infer_one(&classifier, &metrics, message, None).await {
+                        match infer_one(&classifier, &metrics, message, None, None).await {
                             Ok((response, _)) => ModelStreamInferResponse {
                                 error_message: String::new(),
                                 infer_response: Some(response),

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, RequestId, body};
+use crate::listen::Arrival;
 use crate::metrics::UNKNOWN_MODEL;
 use crate::service::{Classification, ClassifyRequest, ImageInput, Prediction};
 
@@ -183,6 +184,10 @@ async fn handle(
         })
         .transpose()?;
     let headers = request.headers().clone();
+    let arrived = request
+        .extensions()
+        .get::<Arrival>()
+        .map(|arrival| arrival.0);
     let timeout = header_number(&headers, "x-request-timeout-ms")?.map(Duration::from_millis);
     let priority = header_number(&headers, "x-priority")?;
     let parsed = body::parse(request, state.body_limits).await?;
@@ -197,6 +202,7 @@ async fn handle(
             priority,
             timeout,
             numbered: multi,
+            arrived,
         })
         .await?;
     Ok((classification, multi))

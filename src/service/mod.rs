@@ -33,6 +33,8 @@ pub struct ClassifyRequest {
     pub timeout: Option<Duration>,
     /// Whether errors name the image's position (multi-image request forms).
     pub numbered: bool,
+    /// When the request arrived (its head, before the body was read); now when `None`.
+    pub arrived: Option<Instant>,
 }
 
 /// One predicted class.
@@ -197,6 +199,7 @@ impl Classifier {
         let options = InferOptions {
             priority: request.priority,
             timeout: request.timeout,
+            arrived: request.arrived,
         };
         let output = self
             .infer_images(&model, request.images, options, request.numbered)
@@ -227,13 +230,16 @@ impl Classifier {
         if images.is_empty() {
             return Err(ServiceError::NoImages);
         }
-        let (deadline, timeout_ms) = deadline(started, options.timeout, model);
+        let arrived = options.arrived.unwrap_or(started);
+        let (deadline, timeout_ms) = deadline(arrived, options.timeout, model);
         let input = self
             .pool
             .run(images, &model.preprocess, deadline, numbered, timeout_ms)
             .await?;
         let decode = started.elapsed();
-        let inferred = model.infer(input, level, deadline, timeout_ms).await?;
+        let inferred = model
+            .infer(input, level, arrived, deadline, timeout_ms)
+            .await?;
         Ok(InferOutput {
             model: model.name.clone(),
             version: model.version.to_string(),
@@ -295,8 +301,11 @@ impl Classifier {
                 input[position]
             )));
         }
-        let (deadline, timeout_ms) = deadline(started, options.timeout, model);
-        let inferred = model.infer(input, level, deadline, timeout_ms).await?;
+        let arrived = options.arrived.unwrap_or(started);
+        let (deadline, timeout_ms) = deadline(arrived, options.timeout, model);
+        let inferred = model
+            .infer(input, level, arrived, deadline, timeout_ms)
+            .await?;
         Ok(InferOutput {
             model: model.name.clone(),
             version: model.version.to_string(),
@@ -376,6 +385,9 @@ pub struct InferOptions {
     pub priority: Option<u64>,
     /// Requested timeout, capped by the model's `default_timeout_ms`.
     pub timeout: Option<Duration>,
+    /// When the request arrived: its deadline and the latency target count from here (now
+    /// when `None`).
+    pub arrived: Option<Instant>,
 }
 
 /// Raw logits of an inference.

@@ -127,22 +127,33 @@ pub struct Inferred {
     pub infer: Duration,
 }
 
+/// How a request's jobs are scheduled.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheduling {
+    /// Priority level index (0 = highest).
+    pub level: usize,
+    /// When the request arrived: admission counts the latency target from here.
+    pub arrived: Instant,
+    /// Dropped (504) if not started by then.
+    pub deadline: Instant,
+}
+
 /// Submits `input` (`images × tensor_len`) in jobs of at most `max_batch_size` images and
 /// gathers the logits in order.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site per transport; a struct adds nothing"
-)]
 pub async fn infer(
     batcher: &BatcherHandle,
     model: &str,
     input: Vec<f32>,
     tensor_len: usize,
     max_batch_size: usize,
-    level: usize,
-    deadline: Instant,
+    scheduling: Scheduling,
     timeout_ms: u64,
 ) -> Result<Inferred, ServiceError> {
+    let Scheduling {
+        level,
+        arrived,
+        deadline,
+    } = scheduling;
     let images = input.len() / tensor_len.max(1);
     let mut receivers = Vec::new();
     let chunk_values = max_batch_size.max(1) * tensor_len.max(1);
@@ -155,7 +166,7 @@ pub async fn infer(
     for chunk in chunks {
         let (respond, receiver) = oneshot::channel();
         let count = chunk.len() / tensor_len.max(1);
-        let job = Job::new(chunk, count, level, deadline, respond);
+        let job = Job::new(chunk, count, level, arrived, deadline, respond);
         batcher
             .submit(job)
             .map_err(|error| batch_error(error, model, timeout_ms))?;

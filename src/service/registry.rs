@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::pipeline::{self, ImageInput, PreprocessPool};
+use super::pipeline::{self, ImageInput, PreprocessPool, Scheduling};
 use crate::backend::ort::{self as ort_backend, OrtBackend, SessionOptions};
 use crate::backend::{Backend, Device};
 use crate::batcher::latency::LatencyProfile;
@@ -61,11 +61,12 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Runs preprocessed `input` through the batcher.
+    /// Runs preprocessed `input` of a request that `arrived` then through the batcher.
     pub async fn infer(
         &self,
         input: Vec<f32>,
         level: usize,
+        arrived: Instant,
         deadline: Instant,
         timeout_ms: u64,
     ) -> Result<pipeline::Inferred, ServiceError> {
@@ -75,8 +76,11 @@ impl LoadedModel {
             input,
             self.spec.preprocess.tensor_len(),
             self.spec.batching.max_batch_size,
-            level,
-            deadline,
+            Scheduling {
+                level,
+                arrived,
+                deadline,
+            },
             timeout_ms,
         )
         .await
@@ -772,12 +776,13 @@ async fn warm_up(model: &LoadedModel) -> Result<(), String> {
     sizes.dedup();
     let tensor_len = model.spec.preprocess.tensor_len();
     for size in sizes {
-        let deadline = Instant::now() + Duration::from_secs(600);
+        let arrived = Instant::now();
         model
             .infer(
                 vec![0.0; size * tensor_len],
                 batching.priority_levels as usize - 1,
-                deadline,
+                arrived,
+                arrived + Duration::from_secs(600),
                 600_000,
             )
             .await
@@ -809,13 +814,14 @@ async fn check_golden(
     if images.is_empty() {
         return Ok(());
     }
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let arrived = Instant::now();
+    let deadline = arrived + Duration::from_secs(600);
     let input = pool
         .run(images, &model.preprocess, deadline, true, 600_000)
         .await
         .map_err(|error| format!("golden check: {error}"))?;
     let inferred = model
-        .infer(input, 0, deadline, 600_000)
+        .infer(input, 0, arrived, deadline, 600_000)
         .await
         .map_err(|error| format!("golden check: {error}"))?;
     let classes = model.spec.classes;

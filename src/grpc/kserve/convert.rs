@@ -80,7 +80,11 @@ pub fn request(
             version,
             inputs,
             outputs,
-            options: InferOptions { priority, timeout },
+            options: InferOptions {
+                priority,
+                timeout,
+                arrived: None,
+            },
         },
         id: message.id,
         raw,

@@ -17,6 +17,7 @@ use super::model::ModelPath;
 use crate::kserve::{
     self, BYTES, FP32, InferInput, InputData, OutputData, RequestedOutput, tensor,
 };
+use crate::listen::Arrival;
 use crate::service::InferOptions;
 
 /// Header giving the length of the JSON part when binary data follows it.
@@ -123,8 +124,13 @@ async fn handle(
     request: Request,
 ) -> Result<(kserve::InferResponse, Plan), ApiError> {
     let header_length = header_length(request.headers())?;
+    let arrived = request
+        .extensions()
+        .get::<Arrival>()
+        .map(|arrival| arrival.0);
     let body = body::read_limited(request.into_body(), state.body_limits).await?;
-    let parsed = parse_body(path, header_length, body)?;
+    let mut parsed = parse_body(path, header_length, body)?;
+    parsed.request.options.arrived = arrived;
     let response = kserve::infer(&state.classifier, parsed.request).await?;
     Ok((response, parsed.plan))
 }
@@ -158,6 +164,7 @@ pub fn parse_body(
     let options = InferOptions {
         priority: u64_parameter(&parsed.parameters, "priority")?,
         timeout: u64_parameter(&parsed.parameters, "timeout")?.map(Duration::from_micros),
+        arrived: None,
     };
     let binary_default = bool_parameter(&parsed.parameters, "binary_data_output")?.unwrap_or(false);
     let inputs = parsed
