@@ -87,7 +87,7 @@ impl LatencyProfile {
 }
 
 /// What admission control knows about a batcher at the moment a request arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Load {
     /// Images queued ahead: at the job's priority level and above (those run first).
     pub queued_images: usize,
@@ -98,13 +98,16 @@ pub struct Load {
     pub instances: usize,
     /// Largest batch.
     pub max_batch_size: usize,
+    /// Factor on the calibrated batch times (see [`Slowdown::cautious`]).
+    pub slowdown: f64,
 }
 
 /// Expected time until a new job of `images` images has its result, given `load`: the first
 /// instance to free up takes the queue ahead, which runs in full batches across the
 /// instances, then the job's own batch. That batch runs at once and alone only on an idle
 /// model; otherwise jobs that arrive while it waits fill it up (batching takes all that
-/// waits), so it is counted as full.
+/// waits), so it is counted as full. Batches yet to start are scaled by `load.slowdown`; the
+/// running batch's end was estimated when it started.
 pub fn expected_completion(profile: &LatencyProfile, load: Load, images: usize) -> Duration {
     let max = load.max_batch_size.max(1);
     let instances = load.instances.max(1);
@@ -113,20 +116,57 @@ pub fn expected_completion(profile: &LatencyProfile, load: Load, images: usize) 
     let full_rounds = u32::try_from((total - 1) / per_round).unwrap_or(u32::MAX);
     let idle = load.queued_images == 0 && load.until_instance_free.is_zero();
     let own_batch = if idle { images.clamp(1, max) } else { max };
+    let scaled = |time: Duration| {
+        Duration::try_from_secs_f64(time.as_secs_f64() * load.slowdown).unwrap_or(Duration::MAX)
+    };
     load.until_instance_free
-        .saturating_add(profile.estimate(max).saturating_mul(full_rounds))
-        .saturating_add(profile.estimate(own_batch))
+        .saturating_add(scaled(profile.estimate(max)).saturating_mul(full_rounds))
+        .saturating_add(scaled(profile.estimate(own_batch)))
 }
 
-/// The running estimate of how much slower batches run now than at calibration (under load
-/// the cores are shared with request handling, so inference is slower than on an idle
-/// model): `current` moved a tenth of the way to what one batch showed, within 0.5–4.
-pub fn updated_slowdown(current: f64, estimated: Duration, actual: Duration) -> f64 {
-    if estimated.is_zero() {
-        return current;
+/// How much slower batches run now than at calibration (under load the cores are shared with
+/// request handling, so inference is slower than on an idle model), learnt from every batch:
+/// the mean ratio of actual to calibrated time and its mean absolute deviation, each moved a
+/// tenth of the way to what one batch showed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slowdown {
+    mean: f64,
+    deviation: f64,
+}
+
+impl Default for Slowdown {
+    fn default() -> Self {
+        Self {
+            mean: 1.0,
+            deviation: 0.0,
+        }
     }
-    let observed = actual.as_secs_f64() / estimated.as_secs_f64();
-    (current + (observed - current) * 0.1).clamp(0.5, 4.0)
+}
+
+impl Slowdown {
+    /// After a batch calibrated at `estimated` took `actual`.
+    pub fn updated(self, estimated: Duration, actual: Duration) -> Self {
+        if estimated.is_zero() {
+            return self;
+        }
+        let observed = actual.as_secs_f64() / estimated.as_secs_f64();
+        let error = observed - self.mean;
+        Self {
+            mean: (self.mean + error * 0.1).clamp(0.5, 4.0),
+            deviation: (self.deviation + (error.abs() - self.deviation) * 0.1).min(4.0),
+        }
+    }
+
+    /// The expected factor: when a running batch should end.
+    pub fn mean(self) -> f64 {
+        self.mean
+    }
+
+    /// The factor admission plans with: the mean plus two deviations, so that batches in the
+    /// slow tail still fit the budget and the target holds at the p99, not the median.
+    pub fn cautious(self) -> f64 {
+        (self.mean + 2.0 * self.deviation).clamp(0.5, 4.0)
+    }
 }
 
 #[cfg(test)]
@@ -192,16 +232,45 @@ mod tests {
 
     #[test]
     fn the_slowdown_follows_what_batches_show() {
-        let mut slowdown = 1.0;
+        let mut slowdown = Slowdown::default();
         for _ in 0..100 {
-            slowdown = updated_slowdown(slowdown, ms(100), ms(120));
+            slowdown = slowdown.updated(ms(100), ms(120));
         }
-        assert!((slowdown - 1.2).abs() < 1e-3, "{slowdown}");
-        // One odd batch moves it a tenth of the way.
-        assert!((updated_slowdown(1.0, ms(100), ms(300)) - 1.2).abs() < 1e-9);
+        assert!((slowdown.mean() - 1.2).abs() < 1e-3, "{slowdown:?}");
+        // Steady batches: no spread, so planning uses the mean.
+        assert!(
+            (slowdown.cautious() - slowdown.mean()).abs() < 1e-3,
+            "{slowdown:?}"
+        );
+        // One odd batch moves the mean a tenth of the way.
+        let odd = Slowdown::default().updated(ms(100), ms(300));
+        assert!((odd.mean() - 1.2).abs() < 1e-9);
         // Bounded, and nothing learnt from a zero estimate.
-        assert_eq!(updated_slowdown(3.9, ms(1), ms(1000)), 4.0);
-        assert_eq!(updated_slowdown(1.0, Duration::ZERO, ms(5)), 1.0);
+        let mut slow = Slowdown::default();
+        for _ in 0..100 {
+            slow = slow.updated(ms(1), ms(1000));
+        }
+        assert_eq!((slow.mean(), slow.cautious()), (4.0, 4.0));
+        assert_eq!(
+            Slowdown::default().updated(Duration::ZERO, ms(5)),
+            Slowdown::default()
+        );
+    }
+
+    #[test]
+    fn uneven_batches_make_admission_plan_for_the_slow_ones() {
+        // Batches alternate between 90 and 130 % of their calibrated time.
+        let mut slowdown = Slowdown::default();
+        for round in 0..200 {
+            let actual = if round % 2 == 0 { ms(90) } else { ms(130) };
+            slowdown = slowdown.updated(ms(100), actual);
+        }
+        assert!((slowdown.mean() - 1.1).abs() < 0.02, "{slowdown:?}");
+        // Mean 1.1, deviation ~0.2: planning assumes ~1.5, the slow batches with room.
+        assert!(
+            slowdown.cautious() > 1.3 && slowdown.cautious() < 1.6,
+            "{slowdown:?}"
+        );
     }
 
     #[test]
@@ -211,6 +280,7 @@ mod tests {
             until_instance_free: Duration::MAX,
             instances: usize::MAX,
             max_batch_size: usize::MAX,
+            slowdown: f64::MAX,
         };
         assert_eq!(
             expected_completion(&profile(), load, usize::MAX),
@@ -225,6 +295,7 @@ mod tests {
             until_instance_free: Duration::ZERO,
             instances: 1,
             max_batch_size: 8,
+            slowdown: 1.0,
         };
         assert_eq!(expected_completion(&profile(), load, 1), ms(3));
         assert_eq!(expected_completion(&profile(), load, 4), ms(6));
@@ -237,6 +308,7 @@ mod tests {
             until_instance_free: ms(4),
             instances: 1,
             max_batch_size: 8,
+            slowdown: 1.0,
         };
         // Waits for what is left of the running batch, then in a batch that others fill.
         assert_eq!(expected_completion(&profile(), busy, 1), ms(4 + 10));
@@ -252,8 +324,19 @@ mod tests {
             until_instance_free: Duration::ZERO,
             instances: 2,
             max_batch_size: 8,
+            slowdown: 1.0,
         };
         // 21 images: one round of 2 × 8, then its own batch.
         assert_eq!(expected_completion(&profile(), two, 1), ms(10 + 10));
+        // Batches running at twice their calibrated time: the queued and own batches take
+        // twice as long; the running batch's end was already estimated as it started.
+        let slow = Load {
+            slowdown: 2.0,
+            ..queued
+        };
+        assert_eq!(
+            expected_completion(&profile(), slow, 1),
+            ms(4 + 2 * (20 + 10))
+        );
     }
 }

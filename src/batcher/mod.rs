@@ -4,15 +4,15 @@
 pub mod latency;
 pub mod policy;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{Backend, BackendError};
 use crate::metrics::Metrics;
-use latency::{LatencyProfile, Load};
+use latency::{LatencyProfile, Load, Slowdown};
 use policy::{Decision, Eviction, Limits, Policy, Queued};
 
 /// A request's images, queued for one batch.
@@ -172,9 +172,8 @@ struct Admission {
     epoch: Instant,
     /// Per instance: expected end of its running batch in nanoseconds after `epoch`, 0 when idle.
     busy_until: Vec<AtomicU64>,
-    /// How much slower batches run now than at calibration (`f64` bits): see
-    /// [`latency::updated_slowdown`].
-    slowdown: AtomicU64,
+    /// How much slower batches run now than at calibration, and how unevenly.
+    slowdown: Mutex<Slowdown>,
     /// Images queued at each priority level: a job waits only behind its own level and those
     /// above it.
     queued_by_level: Vec<AtomicUsize>,
@@ -215,27 +214,31 @@ impl Admission {
         }
     }
 
-    fn slowdown(&self) -> f64 {
-        f64::from_bits(self.slowdown.load(Ordering::Relaxed))
+    fn slowdown(&self) -> Slowdown {
+        // A panic elsewhere cannot leave a half-written pair of floats: use what is there.
+        *self.slowdown.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Estimated time of a batch of `size` now.
+    /// Expected time of a batch of `size` now.
     fn estimate(&self, size: usize) -> Duration {
-        self.profile.estimate(size).mul_f64(self.slowdown())
+        self.profile.estimate(size).mul_f64(self.slowdown().mean())
     }
 
-    /// A batch of `images` took `actual`: corrects later estimates.
     /// What a job of `images` may still take, and what bounds it: what is left of the target
     /// after the `spent` since its request arrived, or what remains `to_deadline`, whichever
-    /// is sooner. A target below one batch of the job cannot be met even when idle: then only
-    /// waiting is refused.
+    /// is sooner. A target below one batch of the job (as admission plans it) cannot be met
+    /// even when idle: then only waiting is refused.
     fn budget(
         &self,
         images: usize,
         spent: Duration,
         to_deadline: Duration,
     ) -> (Duration, &'static str) {
-        let target = self.target.saturating_sub(spent).max(self.estimate(images));
+        let own_batch = self
+            .profile
+            .estimate(images)
+            .mul_f64(self.slowdown().cautious());
+        let target = self.target.saturating_sub(spent).max(own_batch);
         if target < to_deadline {
             (target, "is the model's latency target")
         } else {
@@ -243,10 +246,11 @@ impl Admission {
         }
     }
 
+    /// A batch of `images` took `actual`: corrects later estimates.
     fn observed(&self, images: usize, actual: Duration) {
         let estimated = self.profile.estimate(images);
-        let slowdown = latency::updated_slowdown(self.slowdown(), estimated, actual);
-        self.slowdown.store(slowdown.to_bits(), Ordering::Relaxed);
+        let mut slowdown = self.slowdown.lock().unwrap_or_else(PoisonError::into_inner);
+        *slowdown = slowdown.updated(estimated, actual);
     }
 
     /// Worker `index` started a batch of `images`.
@@ -288,9 +292,9 @@ impl BatcherHandle {
                 until_instance_free: admission.until_instance_free(now),
                 instances: admission.busy_until.len(),
                 max_batch_size: admission.max_batch_size,
+                slowdown: admission.slowdown().cautious(),
             };
-            let expected = latency::expected_completion(&admission.profile, load, images)
-                .mul_f64(admission.slowdown());
+            let expected = latency::expected_completion(&admission.profile, load, images);
             let (budget, bound) = admission.budget(
                 images,
                 now.saturating_duration_since(job.arrived),
@@ -410,7 +414,7 @@ pub fn spawn(
                 max_batch_size: config.limits.max_batch_size,
                 epoch: Instant::now(),
                 busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
-                slowdown: AtomicU64::new(1.0f64.to_bits()),
+                slowdown: Mutex::new(Slowdown::default()),
                 queued_by_level: (0..config.limits.priority_levels.max(1))
                     .map(|_| AtomicUsize::new(0))
                     .collect(),
@@ -725,7 +729,7 @@ mod tests {
             max_batch_size: 4,
             epoch: Instant::now(),
             busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
-            slowdown: AtomicU64::new(1.0f64.to_bits()),
+            slowdown: Mutex::new(Slowdown::default()),
             queued_by_level: (0..levels).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
