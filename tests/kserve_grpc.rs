@@ -12,7 +12,9 @@ use resnet_serve::grpc::kserve::proto::{
     infer_parameter::ParameterChoice,
     model_infer_request::{InferInputTensor, InferRequestedOutputTensor},
 };
-use support::{Repository, TestServer, image, server_timing_ms, slow_model_dir, start};
+use support::{
+    Repository, TestServer, assert_inference_within_total, image, slow_model_dir, start,
+};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -143,11 +145,7 @@ async fn inference_service_answers_like_triton() {
         .to_str()
         .unwrap()
         .to_string();
-    let (infer, total) = (
-        server_timing_ms(&timing, "infer"),
-        server_timing_ms(&timing, "total"),
-    );
-    assert!(infer > 0.0 && infer <= total, "{timing}");
+    assert_inference_within_total(&timing);
     let response = response.into_inner();
     assert_eq!(
         (

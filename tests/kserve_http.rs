@@ -7,7 +7,10 @@ use std::io::{Read, Write};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use support::{Repository, TestServer, image, server_timing_ms, slow_model_dir, start};
+use support::{
+    Repository, TestServer, assert_inference_within_total, image, server_timing_ms, slow_model_dir,
+    start,
+};
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -236,11 +239,7 @@ async fn json_binary_and_encoded_images_give_the_same_logits() {
         .to_str()
         .unwrap()
         .to_string();
-    let (infer, total) = (
-        server_timing_ms(&timing, "infer"),
-        server_timing_ms(&timing, "total"),
-    );
-    assert!(infer > 0.0 && infer <= total, "{timing}");
+    assert_inference_within_total(&timing);
     assert_eq!(server_timing_ms(&timing, "decode"), 0.0, "{timing}");
     let (status, body, _) = split(response).await;
     assert_eq!(status, 200, "{body}");

@@ -988,16 +988,14 @@ async fn main() -> anyhow::Result<()> {
         let server = best.server.as_ref()?;
         Some(best.throughput_per_second / raw.images_per_second_near(server.mean_batch_size)?)
     });
-    let p50_overhead = raw_ort.as_ref().and_then(|raw| {
-        levels
-            .iter()
-            .find(|level| level.mode == "closed" && level.load == 1.0)
-            .map(|level| level.latency_ms.p50 - raw.batch1_latency_ms)
-    });
-    let p50_outside = levels
+    let concurrency_1 = levels
         .iter()
-        .find(|level| level.mode == "closed" && level.load == 1.0)
-        .and_then(|level| Some(level.stages.as_ref()?.outside_ms.p50));
+        .find(|level| level.mode == "closed" && level.load == 1.0);
+    let p50_overhead = raw_ort
+        .as_ref()
+        .zip(concurrency_1)
+        .map(|(raw, level)| level.latency_ms.p50 - raw.batch1_latency_ms);
+    let p50_outside = concurrency_1.and_then(|level| Some(level.stages.as_ref()?.outside_ms.p50));
     let report = Report {
         target: args.target.clone(),
         protocol: args.protocol,

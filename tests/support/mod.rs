@@ -219,6 +219,16 @@ pub fn server_timing_ms(value: &str, stage: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {stage} duration in Server-Timing `{value}`"))
 }
 
+/// Checks a successful inference's `Server-Timing`: inference took time and is part of the
+/// total.
+pub fn assert_inference_within_total(server_timing: &str) {
+    let (infer, total) = (
+        server_timing_ms(server_timing, "infer"),
+        server_timing_ms(server_timing, "total"),
+    );
+    assert!(infer > 0.0 && infer <= total, "{server_timing}");
+}
+
 /// Sum and count of a histogram for a model, from the metrics text.
 pub fn histogram(text: &str, name: &str, model: &str) -> (f64, f64) {
     let value = |suffix: &str| {

@@ -338,8 +338,6 @@ fn bool_parameter(parameters: &Parameters, key: &str) -> Result<Option<bool>, Ap
     }
 }
 
-/// The response: JSON only, or (when any output is binary) the JSON header followed by the
-/// binary outputs in order, with `Inference-Header-Content-Length`.
 /// The response, with the stages' times in `Server-Timing` as `/classify` sends them.
 fn encode(response: kserve::InferResponse, plan: Plan) -> Response {
     let server_timing = HeaderValue::from_str(&response.timing.server_timing());
@@ -350,6 +348,8 @@ fn encode(response: kserve::InferResponse, plan: Plan) -> Response {
     response
 }
 
+/// The body: JSON only, or (when any output is binary) the JSON header followed by the binary
+/// outputs in order, with `Inference-Header-Content-Length`.
 fn encode_body(response: kserve::InferResponse, plan: Plan) -> Response {
     let mut binary = Vec::new();
     let outputs: Vec<Value> = response
