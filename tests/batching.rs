@@ -143,7 +143,7 @@ async fn expired_deadlines_answer_504_before_inference() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deadline_counts_from_the_request_s_arrival_not_from_its_last_byte() {
+async fn a_deadline_and_the_reported_total_count_from_the_request_s_arrival() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let repository = Repository::new().model("slow", &slow_model_dir(), None);
     let server = start(repository.path(), &[]).await;
@@ -173,9 +173,20 @@ async fn a_deadline_counts_from_the_request_s_arrival_not_from_its_last_byte() {
     let late = send(200).await;
     assert!(late.starts_with("HTTP/1.1 504"), "{late}");
     assert!(late.contains("deadline"), "{late}");
-    // The same slow upload with room to spare is served.
+    // The same slow upload with room to spare is served, and the total it reports counts the
+    // 400 ms its body took to arrive.
     let served = send(5000).await;
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    let timing = served
+        .lines()
+        .find_map(|line| line.strip_prefix("server-timing: "))
+        .unwrap_or_else(|| panic!("no Server-Timing in {served}"));
+    let total_ms: f64 = timing
+        .split(", ")
+        .find_map(|stage| stage.strip_prefix("total;dur="))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no total in {timing}"));
+    assert!(total_ms >= 400.0, "{timing}");
     server.stop().await;
 }
 

@@ -57,7 +57,7 @@ pub struct Timing {
     pub queue: Duration,
     /// Inference of the batch.
     pub infer: Duration,
-    /// Everything.
+    /// From the request's arrival (its head, before the body was read) to its answer.
     pub total: Duration,
 }
 
@@ -248,7 +248,7 @@ impl Classifier {
                 decode,
                 queue: inferred.queue,
                 infer: inferred.infer,
-                total: started.elapsed(),
+                total: arrived.elapsed(),
             },
         })
     }
@@ -314,7 +314,7 @@ impl Classifier {
                 decode: std::time::Duration::ZERO,
                 queue: inferred.queue,
                 infer: inferred.infer,
-                total: started.elapsed(),
+                total: arrived.elapsed(),
             },
         })
     }
