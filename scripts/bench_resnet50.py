@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """ResNet-50 (torchvision layout, 224², FP32, random weights exported by resnet-train) served
 by resnet-serve against ONNX Runtime alone, in one run: cold start, memory, and throughput
-and latency with preprocessed tensors (V2 gRPC) and with JPEG photos (REST).
+and latency with preprocessed tensors (V2 gRPC; V2 REST at concurrency 1) and with JPEG photos
+(REST).
 
     scripts/bench_resnet50.py [--profile debug|release] [--seconds 10] [--cpu-arena true|false]
                               [--target-p99-ms 1000]
 
-Writes target/bench-resnet50/{summary-arena-BOOL.json, tensors/, jpeg/} (resnet-bench reports and plots).
+Writes target/bench-resnet50/{summary-arena-BOOL.json, tensors/, tensors-v2-rest/, jpeg/} (resnet-bench reports and plots).
 """
 
 import argparse
@@ -115,6 +116,8 @@ def main():
                         args.concurrency, "--baseline", "raw-ort", "--onnx", onnx, "--threads", "2",
                         "--cpu-arena", args.cpu_arena,
                         "--images", ROOT / "tests/fixtures/images")
+        tensors_rest = bench("tensors-v2-rest", server.http, "--protocol", "v2-rest",
+                             "--concurrency", "1", "--images", ROOT / "tests/fixtures/images")
         rss_loaded = server.rss_mib()
         jpeg = bench("jpeg", server.http, "--protocol", "rest", "--concurrency", "1,4",
                      "--images", ROOT / "tests/fixtures/images/cat-451x300.jpg")
@@ -140,6 +143,12 @@ def main():
                     "levels": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms",
                                                       "server", "stages")}
                                for level in tensors["levels"]]},
+        "tensors_v2_rest_concurrency_1": {
+            "p50_ms": tensors_rest["levels"][0]["latency_ms"]["p50"],
+            "p50_minus_raw_ort_batch1_ms": tensors_rest["levels"][0]["latency_ms"]["p50"]
+                - tensors["raw_ort"]["batch1_latency_ms"],
+            "p50_outside_inference_ms":
+                tensors_rest["p50_outside_decode_and_inference_at_concurrency_1_ms"]},
         "jpeg": {"p50_outside_decode_and_inference_at_concurrency_1_ms":
                      jpeg["p50_outside_decode_and_inference_at_concurrency_1_ms"],
                  "levels": [{k: level[k] for k in ("load", "throughput_per_second", "latency_ms",

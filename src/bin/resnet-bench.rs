@@ -498,13 +498,14 @@ impl Client {
                     },
                 })
                 .to_string();
-                let mut body = header.clone().into_bytes();
-                body.extend_from_slice(image);
                 let request = http
                     .post(url.as_str())
                     .header("inference-header-content-length", header.len())
                     .header("content-type", "application/octet-stream")
-                    .body(body);
+                    .body(reqwest::Body::wrap(Parts([
+                        Bytes::from(header),
+                        image.clone(),
+                    ])));
                 http_outcome(request).await
             }
             Self::V2Grpc { grpc, model, input } => {
@@ -533,6 +534,31 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// A request body sent as its parts, with its exact length: the V2 JSON header and then the
+/// tensor, which is never copied to join them.
+struct Parts<const N: usize>([Bytes; N]);
+
+impl<const N: usize> http_body::Body for Parts<N> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.0.iter_mut().find(|part| !part.is_empty());
+        std::task::Poll::Ready(next.map(|part| Ok(http_body::Frame::data(std::mem::take(part)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.iter().all(Bytes::is_empty)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.iter().map(|part| part.len() as u64).sum())
     }
 }
 
@@ -1030,6 +1056,26 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_body_in_parts_sends_each_part_in_order_with_its_exact_length() {
+        use http_body::Body as _;
+        let mut body = Parts([
+            Bytes::from_static(b"{}"),
+            Bytes::new(),
+            Bytes::from(vec![7u8; 9]),
+        ]);
+        assert_eq!(body.size_hint().exact(), Some(11));
+        let mut sent = Vec::new();
+        while let Some(frame) =
+            std::future::poll_fn(|context| std::pin::Pin::new(&mut body).poll_frame(context)).await
+        {
+            sent.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(sent, [&b"{}"[..], &[7u8; 9][..]]);
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+    }
 
     #[test]
     fn stages_come_from_server_timing_in_any_order() {
