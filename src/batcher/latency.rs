@@ -91,9 +91,9 @@ impl LatencyProfile {
 pub struct Load {
     /// Images queued ahead: at the job's priority level and above (those run first).
     pub queued_images: usize,
-    /// Zero when an instance is idle; otherwise the time until the first running batch is
-    /// expected to finish.
-    pub until_instance_free: Duration,
+    /// `None` when an instance is idle; otherwise the time until the first running batch is
+    /// expected to finish (zero once it runs past that: it is late, not done).
+    pub until_instance_free: Option<Duration>,
     /// Model instances (workers).
     pub instances: usize,
     /// Largest batch.
@@ -114,12 +114,13 @@ pub fn expected_completion(profile: &LatencyProfile, load: Load, images: usize) 
     let total = load.queued_images.saturating_add(images.max(1));
     let per_round = max.saturating_mul(instances);
     let full_rounds = u32::try_from((total - 1) / per_round).unwrap_or(u32::MAX);
-    let idle = load.queued_images == 0 && load.until_instance_free.is_zero();
+    let idle = load.queued_images == 0 && load.until_instance_free.is_none();
     let own_batch = if idle { images.clamp(1, max) } else { max };
     let scaled = |time: Duration| {
         Duration::try_from_secs_f64(time.as_secs_f64() * load.slowdown).unwrap_or(Duration::MAX)
     };
     load.until_instance_free
+        .unwrap_or_default()
         .saturating_add(scaled(profile.estimate(max)).saturating_mul(full_rounds))
         .saturating_add(scaled(profile.estimate(own_batch)))
 }
@@ -277,7 +278,7 @@ mod tests {
     fn absurd_loads_saturate_instead_of_overflowing() {
         let load = Load {
             queued_images: usize::MAX,
-            until_instance_free: Duration::MAX,
+            until_instance_free: Some(Duration::MAX),
             instances: usize::MAX,
             max_batch_size: usize::MAX,
             slowdown: f64::MAX,
@@ -292,7 +293,7 @@ mod tests {
     fn an_idle_model_costs_one_batch_of_the_job() {
         let load = Load {
             queued_images: 0,
-            until_instance_free: Duration::ZERO,
+            until_instance_free: None,
             instances: 1,
             max_batch_size: 8,
             slowdown: 1.0,
@@ -302,10 +303,24 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_running_late_is_not_an_idle_model() {
+        // Past its expected end the batch still runs: the job waits for it (nothing more is
+        // known of how long) and then in a batch that others fill, not alone at once.
+        let late = Load {
+            queued_images: 0,
+            until_instance_free: Some(Duration::ZERO),
+            instances: 1,
+            max_batch_size: 8,
+            slowdown: 1.0,
+        };
+        assert_eq!(expected_completion(&profile(), late, 1), ms(10));
+    }
+
+    #[test]
     fn queued_work_and_running_batches_add_up() {
         let busy = Load {
             queued_images: 0,
-            until_instance_free: ms(4),
+            until_instance_free: Some(ms(4)),
             instances: 1,
             max_batch_size: 8,
             slowdown: 1.0,
@@ -321,7 +336,7 @@ mod tests {
         // Two instances share the queue; one is free, so nothing waits for a running batch.
         let two = Load {
             queued_images: 20,
-            until_instance_free: Duration::ZERO,
+            until_instance_free: None,
             instances: 2,
             max_batch_size: 8,
             slowdown: 1.0,

@@ -180,17 +180,19 @@ struct Admission {
 }
 
 impl Admission {
-    /// Zero when an instance is idle, else the time until the first running batch should end.
-    fn until_instance_free(&self, now: Instant) -> Duration {
+    /// `None` when an instance is idle, else the time until the first running batch should end
+    /// (zero when it is late).
+    fn until_instance_free(&self, now: Instant) -> Option<Duration> {
         let elapsed = now.duration_since(self.epoch);
         self.busy_until
             .iter()
             .map(|until| match until.load(Ordering::Acquire) {
-                0 => Duration::ZERO,
-                until => Duration::from_nanos(until).saturating_sub(elapsed),
+                0 => None,
+                until => Some(Duration::from_nanos(until).saturating_sub(elapsed)),
             })
+            // `None` (an idle instance) orders first.
             .min()
-            .unwrap_or_default()
+            .flatten()
     }
 
     /// Images queued at `level` and above.
@@ -780,17 +782,22 @@ mod tests {
     fn running_batches_and_the_learnt_slowdown_shape_the_estimate() {
         let admission = admission(1, 2);
         let now = Instant::now();
-        assert_eq!(admission.until_instance_free(now), Duration::ZERO);
+        assert_eq!(admission.until_instance_free(now), None);
         admission.started(0, 1, now);
         // The other instance is idle.
-        assert_eq!(admission.until_instance_free(now), Duration::ZERO);
+        assert_eq!(admission.until_instance_free(now), None);
         admission.started(1, 1, now);
         assert_eq!(
             admission.until_instance_free(now + Duration::from_millis(4)),
-            Duration::from_millis(6)
+            Some(Duration::from_millis(6))
+        );
+        // Both batches late: still busy.
+        assert_eq!(
+            admission.until_instance_free(now + Duration::from_millis(50)),
+            Some(Duration::ZERO)
         );
         admission.finished(0);
-        assert_eq!(admission.until_instance_free(now), Duration::ZERO);
+        assert_eq!(admission.until_instance_free(now), None);
         // Batches twice as slow as calibrated, for a while: estimates follow.
         for _ in 0..200 {
             admission.observed(1, Duration::from_millis(20));
