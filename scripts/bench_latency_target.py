@@ -65,6 +65,9 @@ def main():
             "served_per_second": round(level["throughput_per_second"], 1),
             "p50_ms": round(level["latency_ms"]["p50"], 1),
             "p99_ms": round(level["latency_ms"]["p99"], 1),
+            # The server's own p99 (arrival to answer, from Server-Timing): without the load
+            # generator's time, which shares the cores.
+            "server_p99_ms": round(level["stages"]["server_total_ms"]["p99"], 1),
             "p99_over_2x_batch": round(level["latency_ms"]["p99"] / (2 * batch_ms), 2),
             "refused_share": round(refused / max(1, level["requests"]), 3),
             "errors": level["errors"],

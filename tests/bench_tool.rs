@@ -66,6 +66,13 @@ fn assert_clean_levels(report: &serde_json::Value, expected: usize) {
             stages["outside_ms"]["p50"].as_f64().unwrap() > 0.0,
             "{level}"
         );
+        // The server's own total holds its inference and fits in what the client saw.
+        let server_total = stages["server_total_ms"]["p50"].as_f64().unwrap();
+        assert!(
+            server_total >= stages["infer_ms"]["p50"].as_f64().unwrap(),
+            "{level}"
+        );
+        assert!(server_total <= latency["p50"].as_f64().unwrap(), "{level}");
     }
 }
 

@@ -116,10 +116,13 @@ struct Level {
 struct Stages {
     decode_ms: f64,
     infer_ms: f64,
+    /// The server's whole time, from the request's arrival to its answer.
+    total_ms: f64,
 }
 
 impl Stages {
-    /// From a `Server-Timing` value such as `decode;dur=1.2, queue;dur=0.4, infer;dur=9.8`.
+    /// From a `Server-Timing` value such as
+    /// `decode;dur=1.2, queue;dur=0.4, infer;dur=9.8, total;dur=11.7`.
     fn parse(value: &str) -> Option<Self> {
         let stage = |name: &str| {
             value.split(',').find_map(|entry| {
@@ -130,6 +133,7 @@ impl Stages {
         Some(Self {
             decode_ms: stage("decode")?,
             infer_ms: stage("infer")?,
+            total_ms: stage("total")?,
         })
     }
 }
@@ -143,6 +147,8 @@ struct StageLatencies {
     infer_ms: Percentiles,
     /// Latency minus decode minus inference, request by request.
     outside_ms: Percentiles,
+    /// The server's own total: what it answers for, without the client and the loopback.
+    server_total_ms: Percentiles,
 }
 
 impl StageLatencies {
@@ -157,6 +163,7 @@ impl StageLatencies {
             outside_ms: Percentiles::of(series(|(latency, stages)| {
                 latency - stages.decode_ms - stages.infer_ms
             })),
+            server_total_ms: Percentiles::of(series(|(_, stages)| stages.total_ms)),
         })
     }
 }
@@ -481,6 +488,7 @@ impl Client {
                         stages: response.into_inner().timing.map(|timing| Stages {
                             decode_ms: f64::from(timing.decode_ms),
                             infer_ms: f64::from(timing.infer_ms),
+                            total_ms: f64::from(timing.total_ms),
                         }),
                     },
                     Err(status) => Answer::failed(format!("{:?}", status.code())),
@@ -1084,14 +1092,22 @@ mod tests {
             stages,
             Some(Stages {
                 decode_ms: 1.2,
-                infer_ms: 9.75
+                infer_ms: 9.75,
+                total_ms: 11.9
             })
         );
         // A stage missing, or a duration that is not a number, gives nothing.
         assert_eq!(Stages::parse("decode;dur=1.2, total;dur=2"), None);
-        assert_eq!(Stages::parse("decode;dur=x, infer;dur=1"), None);
+        assert_eq!(Stages::parse("decode;dur=1.2, infer;dur=2"), None);
+        assert_eq!(
+            Stages::parse("decode;dur=x, infer;dur=1, total;dur=2"),
+            None
+        );
         // A name that only starts like a stage is not that stage.
-        assert_eq!(Stages::parse("decoder;dur=1, infer;dur=1"), None);
+        assert_eq!(
+            Stages::parse("decoder;dur=1, infer;dur=1, total;dur=2"),
+            None
+        );
     }
 
     #[test]
@@ -1099,6 +1115,7 @@ mod tests {
         let stage = |decode_ms, infer_ms| Stages {
             decode_ms,
             infer_ms,
+            total_ms: decode_ms + infer_ms + 0.5,
         };
         let answers = [
             (12.0, stage(1.0, 10.0)),
@@ -1109,6 +1126,7 @@ mod tests {
         assert_eq!(split.outside_ms.p50, 1.0);
         assert_eq!(split.outside_ms.max, 4.0);
         assert_eq!(split.infer_ms.p50, 21.0);
+        assert_eq!(split.server_total_ms.p50, 21.5);
         assert!(StageLatencies::of(&[]).is_none());
     }
 
