@@ -67,7 +67,8 @@ def main():
             "p99_ms": round(level["latency_ms"]["p99"], 1),
             # The server's own p99 (arrival to answer, from Server-Timing): without the load
             # generator's time, which shares the cores.
-            "server_p99_ms": round(level["stages"]["server_total_ms"]["p99"], 1),
+            "server_p99_ms": (round(level["stages"]["server_total_ms"]["p99"], 1)
+                              if level["stages"] else None),
             "p99_over_2x_batch": round(level["latency_ms"]["p99"] / (2 * batch_ms), 2),
             "refused_share": round(refused / max(1, level["requests"]), 3),
             "errors": level["errors"],

@@ -147,7 +147,8 @@ struct StageLatencies {
     infer_ms: Percentiles,
     /// Latency minus decode minus inference, request by request.
     outside_ms: Percentiles,
-    /// The server's own total: what it answers for, without the client and the loopback.
+    /// The server's own total, from the request's arrival to its answer: latency without the
+    /// client's own time.
     server_total_ms: Percentiles,
 }
 
