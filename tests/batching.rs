@@ -6,7 +6,7 @@ mod support;
 use resnet_serve::batcher::latency::THROUGHPUT_NOISE;
 use resnet_serve::grpc::kserve::proto::ModelConfigRequest;
 use resnet_serve::grpc::kserve::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use support::{Repository, TestServer, histogram, image, slow_model_dir, start};
+use support::{Repository, TestServer, histogram, image, server_timing_ms, slow_model_dir, start};
 
 /// One answer of a burst.
 #[derive(Debug)]
@@ -181,13 +181,7 @@ async fn a_deadline_and_the_reported_total_count_from_the_request_s_arrival() {
         .lines()
         .find_map(|line| line.strip_prefix("server-timing: "))
         .unwrap_or_else(|| panic!("no Server-Timing in {served}"));
-    let stage_ms = |name: &str| -> f64 {
-        timing
-            .split(", ")
-            .find_map(|stage| stage.strip_prefix(name)?.strip_prefix(";dur="))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {timing}"))
-    };
+    let stage_ms = |stage| server_timing_ms(timing, stage);
     let receiving_ms =
         stage_ms("total") - stage_ms("decode") - stage_ms("queue") - stage_ms("infer");
     assert!(receiving_ms >= 400.0, "{timing}");
