@@ -18,6 +18,7 @@ pub mod preprocess;
 pub mod repository;
 pub mod server;
 pub mod service;
+pub mod values;
 
 #[cfg(feature = "train")]
 pub mod train;

@@ -12,13 +12,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{Backend, BackendError};
 use crate::metrics::Metrics;
+use crate::values::Fp32Values;
 use latency::{LatencyProfile, Load, Slowdown};
 use policy::{Decision, Eviction, Limits, Policy, Queued};
 
 /// A request's images, queued for one batch.
 pub struct Job {
     /// `images × tensor_len` preprocessed values.
-    pub input: Vec<f32>,
+    pub input: Fp32Values,
     /// Number of images in `input`.
     pub images: usize,
     /// Priority level index (0 = highest).
@@ -37,7 +38,7 @@ pub struct Job {
 impl Job {
     /// A job for `images` images of preprocessed `input`, from a request that `arrived` then.
     pub fn new(
-        input: Vec<f32>,
+        input: Fp32Values,
         images: usize,
         level: usize,
         arrived: Instant,

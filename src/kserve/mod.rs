@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::error::ServiceError;
 use crate::service::{Classifier, ImageInput, InferOptions, LoadedModel, Timing};
+use crate::values::Fp32Values;
 
 /// The platform reported in metadata and configuration (Triton's name for ONNX Runtime).
 pub const PLATFORM: &str = "onnxruntime_onnx";
@@ -37,7 +38,7 @@ pub const BYTES: &str = "BYTES";
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputData {
     /// `FP32` values, row-major.
-    Fp32(Vec<f32>),
+    Fp32(Fp32Values),
     /// `BYTES` elements (encoded images).
     Bytes(Vec<Bytes>),
 }

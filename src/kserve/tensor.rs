@@ -5,6 +5,7 @@ use bytes::{Buf, Bytes};
 
 use super::{BYTES, FP32, InputData, OutputData};
 use crate::error::ServiceError;
+use crate::values::Fp32Values;
 
 /// Number of elements of `shape`, refusing negative dimensions and overflow.
 pub fn element_count(name: &str, shape: &[i64]) -> Result<usize, ServiceError> {
@@ -41,15 +42,7 @@ pub fn decode(
                     raw.len()
                 )));
             }
-            Ok(InputData::Fp32(
-                raw.chunks_exact(4)
-                    .map(|chunk| {
-                        let mut bytes = [0u8; 4];
-                        bytes.copy_from_slice(chunk);
-                        f32::from_le_bytes(bytes)
-                    })
-                    .collect(),
-            ))
+            Ok(InputData::Fp32(Fp32Values::from_le_bytes(raw)))
         }
         BYTES => decode_bytes(name, shape, count, raw).map(InputData::Bytes),
         other => Err(unsupported_datatype(name, other)),
@@ -152,7 +145,7 @@ mod tests {
         let raw = encode(&OutputData::Fp32(vec![1.0, -2.5]));
         assert_eq!(
             decode("in", FP32, &[1, 2], Bytes::from(raw.clone())).unwrap(),
-            InputData::Fp32(vec![1.0, -2.5])
+            InputData::Fp32(vec![1.0, -2.5].into())
         );
         let error = decode("in", FP32, &[1, 3], Bytes::from(raw)).unwrap_err();
         assert!(error.to_string().contains("has 8 bytes"), "{error}");

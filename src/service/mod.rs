@@ -12,6 +12,7 @@ pub use pipeline::{ImageInput, PreprocessPool};
 pub use registry::{LoadedModel, Registry, VersionState};
 
 use crate::error::ServiceError;
+use crate::values::Fp32Values;
 
 /// Default number of predictions per image.
 pub const DEFAULT_TOP_K: usize = 5;
@@ -238,7 +239,7 @@ impl Classifier {
             .await?;
         let decode = started.elapsed();
         let inferred = model
-            .infer(input, level, arrived, deadline, timeout_ms)
+            .infer(input.into(), level, arrived, deadline, timeout_ms)
             .await?;
         Ok(InferOutput {
             model: model.name.clone(),
@@ -258,7 +259,7 @@ impl Classifier {
     pub async fn infer_tensor(
         &self,
         model: &Arc<LoadedModel>,
-        input: Vec<f32>,
+        input: Fp32Values,
         batch: usize,
         options: InferOptions,
     ) -> Result<InferOutput, ServiceError> {
@@ -274,7 +275,7 @@ impl Classifier {
     async fn infer_tensor_unmetered(
         &self,
         model: &Arc<LoadedModel>,
-        input: Vec<f32>,
+        input: Fp32Values,
         batch: usize,
         options: InferOptions,
     ) -> Result<InferOutput, ServiceError> {

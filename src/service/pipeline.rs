@@ -11,6 +11,7 @@ use crate::batcher::{BatchError, BatcherHandle, Job};
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
 use crate::preprocess::{self, Channels, ImageLimits, PreprocessSpec};
+use crate::values::Fp32Values;
 
 /// One image as a client sent it.
 #[derive(Debug, Clone)]
@@ -143,7 +144,7 @@ pub struct Scheduling {
 pub async fn infer(
     batcher: &BatcherHandle,
     model: &str,
-    input: Vec<f32>,
+    input: Fp32Values,
     tensor_len: usize,
     max_batch_size: usize,
     scheduling: Scheduling,
@@ -157,13 +158,8 @@ pub async fn infer(
     let images = input.len() / tensor_len.max(1);
     let mut receivers = Vec::new();
     let chunk_values = max_batch_size.max(1) * tensor_len.max(1);
-    // Most requests fit one batch: move the buffer instead of copying it.
-    let chunks: Vec<Vec<f32>> = if input.len() <= chunk_values {
-        vec![input]
-    } else {
-        input.chunks(chunk_values).map(<[f32]>::to_vec).collect()
-    };
-    for chunk in chunks {
+    // Most requests fit one batch, and move their buffer instead of copying it.
+    for chunk in input.split(chunk_values) {
         let (respond, receiver) = oneshot::channel();
         let count = chunk.len() / tensor_len.max(1);
         let job = Job::new(chunk, count, level, arrived, deadline, respond);

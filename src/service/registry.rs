@@ -19,6 +19,7 @@ use crate::preprocess::PreprocessSpec;
 use crate::repository::golden::Golden;
 use crate::repository::spec::{ModelSpec, ServerDefaults};
 use crate::repository::{self, ModelDir};
+use crate::values::Fp32Values;
 
 /// Load-time settings.
 #[derive(Debug, Clone)]
@@ -64,7 +65,7 @@ impl LoadedModel {
     /// Runs preprocessed `input` of a request that `arrived` then through the batcher.
     pub async fn infer(
         &self,
-        input: Vec<f32>,
+        input: Fp32Values,
         level: usize,
         arrived: Instant,
         deadline: Instant,
@@ -779,7 +780,7 @@ async fn warm_up(model: &LoadedModel) -> Result<(), String> {
         let arrived = Instant::now();
         model
             .infer(
-                vec![0.0; size * tensor_len],
+                vec![0.0; size * tensor_len].into(),
                 batching.priority_levels as usize - 1,
                 arrived,
                 arrived + Duration::from_secs(600),
@@ -821,7 +822,7 @@ async fn check_golden(
         .await
         .map_err(|error| format!("golden check: {error}"))?;
     let inferred = model
-        .infer(input, 0, arrived, deadline, 600_000)
+        .infer(input.into(), 0, arrived, deadline, 600_000)
         .await
         .map_err(|error| format!("golden check: {error}"))?;
     let classes = model.spec.classes;

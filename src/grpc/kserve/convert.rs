@@ -97,7 +97,8 @@ fn typed_input(input: &InferInputTensor) -> Result<InputData, ServiceError> {
         FP32 => Ok(InputData::Fp32(
             contents
                 .map(|contents| contents.fp32_contents.clone())
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into(),
         )),
         BYTES => Ok(InputData::Bytes(
             contents

@@ -123,16 +123,28 @@ async fn handle(
     path: &ModelPath,
     request: Request,
 ) -> Result<(kserve::InferResponse, Plan), ApiError> {
+    let parsed = read_request(path, request, state.body_limits).await?;
+    let response = kserve::infer(&state.classifier, parsed.request).await?;
+    Ok((response, parsed.plan))
+}
+
+/// Reads and parses an infer request. The binary data follows the JSON header, so the body is
+/// read with that point aligned: an FP32 tensor there is then used in place, not copied.
+async fn read_request(
+    path: &ModelPath,
+    request: Request,
+    limits: body::BodyLimits,
+) -> Result<ParsedInfer, ApiError> {
     let header_length = header_length(request.headers())?;
     let arrived = request
         .extensions()
         .get::<Arrival>()
         .map(|arrival| arrival.0);
-    let body = body::read_limited(request.into_body(), state.body_limits).await?;
+    let body =
+        body::read_limited_aligned(request.into_body(), limits, header_length.unwrap_or(0)).await?;
     let mut parsed = parse_body(path, header_length, body)?;
     parsed.request.options.arrived = arrived;
-    let response = kserve::infer(&state.classifier, parsed.request).await?;
-    Ok((response, parsed.plan))
+    Ok(parsed)
 }
 
 /// Parses an infer body: the JSON part (all of it, or `header_length` bytes when binary data
@@ -290,7 +302,7 @@ fn json_data(name: &str, datatype: &str, data: Value) -> Result<InputData, ApiEr
                 )),
             })
             .collect::<Result<Vec<_>, _>>()
-            .map(InputData::Fp32),
+            .map(|values| InputData::Fp32(values.into())),
         BYTES => leaves
             .into_iter()
             .enumerate()
@@ -415,4 +427,51 @@ pub async fn infer_version(
     request: Request,
 ) -> Response {
     infer(state, path, request_id, request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_binary_fp32_tensor_is_read_in_place_whatever_the_header_length() {
+        let values: Vec<f32> = (0..3000).map(|i| i as f32 / 7.0 - 100.0).collect();
+        let limits = body::BodyLimits {
+            max_bytes: 1 << 20,
+            read_timeout: Duration::from_secs(5),
+        };
+        let path = ModelPath {
+            model: "m".into(),
+            version: None,
+        };
+        for padding in 0..4 {
+            let header = format!(
+                r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,3000],"parameters":{{"binary_data_size":12000}}}}]}}{}"#,
+                " ".repeat(padding)
+            );
+            let mut body = header.clone().into_bytes();
+            for value in &values {
+                body.extend_from_slice(&value.to_le_bytes());
+            }
+            let request = Request::builder()
+                .method("POST")
+                .uri("/v2/models/m/infer")
+                .header("Inference-Header-Content-Length", header.len())
+                .body(Body::from(body))
+                .unwrap();
+            let parsed = read_request(&path, request, limits).await.unwrap();
+            let InputData::Fp32(read) = &parsed.request.inputs[0].data else {
+                panic!("not FP32: {:?}", parsed.request.inputs[0].data);
+            };
+            assert_eq!(
+                &**read,
+                values.as_slice(),
+                "header of {} bytes",
+                header.len()
+            );
+            assert!(read.is_in_place(), "header of {} bytes", header.len());
+        }
+    }
 }
