@@ -131,6 +131,13 @@ pub struct RuntimeConfig {
     #[arg(long, env = "RESNET_SERVE_PREPROCESS_THREADS")]
     pub preprocess_threads: Option<usize>,
 
+    /// Threads that serve connections and requests (the async runtime's workers); decoding
+    /// and inference have their own [default: cores / 4, at least 1]. On 2 cores one is as
+    /// fast under load and lower in latency: a second one mostly wakes up to find nothing to
+    /// do (docs/PERFORMANCE.md).
+    #[arg(long, env = "RESNET_SERVE_IO_THREADS")]
+    pub io_threads: Option<usize>,
+
     /// ONNX Runtime library [default: $ORT_DYLIB_PATH, then the copy fetched at build time].
     #[arg(long, env = "RESNET_SERVE_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
@@ -313,10 +320,25 @@ impl ServeConfig {
                 limits.max_aspect_ratio
             ));
         }
-        if self.runtime.intra_op_threads == Some(0) || self.runtime.preprocess_threads == Some(0) {
-            return Err("--intra-op-threads and --preprocess-threads must be at least 1".into());
+        let runtime = &self.runtime;
+        if [
+            runtime.intra_op_threads,
+            runtime.preprocess_threads,
+            runtime.io_threads,
+        ]
+        .contains(&Some(0))
+        {
+            return Err(
+                "--intra-op-threads, --preprocess-threads and --io-threads must be at least 1"
+                    .into(),
+            );
         }
         Ok(())
+    }
+
+    /// Worker threads of the async runtime: `--io-threads`, else a quarter of `cores`.
+    pub fn io_threads(&self, cores: usize) -> usize {
+        self.runtime.io_threads.unwrap_or(cores / 4).max(1)
     }
 
     /// Whether gRPC shares the HTTP listener.
@@ -394,6 +416,20 @@ mod tests {
         assert!(config.runtime.intra_op_spinning);
         assert_eq!(config.batching.target_p99_ms, None);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn io_threads_default_to_a_quarter_of_the_cores_and_refuse_zero() {
+        let config = ServeConfig::try_parse_from(["resnet-serve"]).unwrap();
+        let by_cores: Vec<usize> = [1, 2, 4, 8, 16]
+            .into_iter()
+            .map(|cores| config.io_threads(cores))
+            .collect();
+        assert_eq!(by_cores, [1, 1, 1, 2, 4]);
+        let config = ServeConfig::try_parse_from(["resnet-serve", "--io-threads", "3"]).unwrap();
+        assert_eq!(config.io_threads(2), 3);
+        let config = ServeConfig::try_parse_from(["resnet-serve", "--io-threads", "0"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--io-threads"));
     }
 
     #[test]

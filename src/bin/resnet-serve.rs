@@ -4,9 +4,17 @@ use clap::Parser;
 use resnet_serve::config::{LogFormat, ServeConfig};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = ServeConfig::parse();
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.io_threads(cores))
+        .enable_all()
+        .build()?
+        .block_on(serve(config))
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     match config.log_format {
