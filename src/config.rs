@@ -132,9 +132,9 @@ pub struct RuntimeConfig {
     pub preprocess_threads: Option<usize>,
 
     /// Threads that serve connections and requests (the async runtime's workers); decoding
-    /// and inference have their own [default: cores / 4, at least 1]. On 2 cores one is as
-    /// fast under load and lower in latency: a second one mostly wakes up to find nothing to
-    /// do (docs/PERFORMANCE.md).
+    /// and inference have their own [default: 1 on up to 2 cores, else cores / 4, at least 2].
+    /// On 2 cores one served model-bound loads as fast as two, at lower latency; loads of
+    /// many small requests to a light model want more (docs/PERFORMANCE.md).
     #[arg(long, env = "RESNET_SERVE_IO_THREADS")]
     pub io_threads: Option<usize>,
 
@@ -336,9 +336,12 @@ impl ServeConfig {
         Ok(())
     }
 
-    /// Worker threads of the async runtime: `--io-threads`, else a quarter of `cores`.
+    /// Worker threads of the async runtime: `--io-threads` (0, refused by [`Self::validate`],
+    /// counts as 1), else 1 on up to 2 `cores` (the only size measured) and a quarter of
+    /// them, at least 2, on more.
     pub fn io_threads(&self, cores: usize) -> usize {
-        self.runtime.io_threads.unwrap_or(cores / 4).max(1)
+        let default = if cores <= 2 { 1 } else { (cores / 4).max(2) };
+        self.runtime.io_threads.unwrap_or(default).max(1)
     }
 
     /// Whether gRPC shares the HTTP listener.
@@ -419,13 +422,13 @@ mod tests {
     }
 
     #[test]
-    fn io_threads_default_to_a_quarter_of_the_cores_and_refuse_zero() {
+    fn io_threads_default_to_one_on_two_cores_and_a_quarter_above_and_refuse_zero() {
         let config = ServeConfig::try_parse_from(["resnet-serve"]).unwrap();
         let by_cores: Vec<usize> = [1, 2, 4, 8, 16]
             .into_iter()
             .map(|cores| config.io_threads(cores))
             .collect();
-        assert_eq!(by_cores, [1, 1, 1, 2, 4]);
+        assert_eq!(by_cores, [1, 1, 2, 2, 4]);
         let config = ServeConfig::try_parse_from(["resnet-serve", "--io-threads", "3"]).unwrap();
         assert_eq!(config.io_threads(2), 3);
         let config = ServeConfig::try_parse_from(["resnet-serve", "--io-threads", "0"]).unwrap();

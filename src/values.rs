@@ -1,6 +1,9 @@
 //! FP32 input values that are read where they were received when they can be: a V2 tensor's
 //! little-endian bytes become the model's input without a conversion copy when they sit on a
-//! 4-byte boundary (the REST reader arranges that), and are copied only when they do not.
+//! 4-byte boundary, and are copied when they do not. The V2 REST reader aligns the binary data
+//! when the body declares its length (up to 8 MiB); over gRPC it depends on tonic's buffer.
+//! Values read in place keep the received buffer (JSON header included) until their job is
+//! done, where a copy would have let it go after parsing: the same size, held a little longer.
 
 use std::ops::Deref;
 
@@ -30,7 +33,8 @@ impl Fp32Values {
         Self(Repr::Owned(
             bytes
                 .chunks_exact(4)
-                .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+                // Always 4 bytes; NaN (refused as not finite) if that ever broke.
+                .map(|chunk| <[u8; 4]>::try_from(chunk).map_or(f32::NAN, f32::from_le_bytes))
                 .collect(),
         ))
     }
@@ -41,7 +45,8 @@ impl Fp32Values {
     }
 
     /// Consecutive pieces of at most `values` values each (at least one piece); received
-    /// bytes are shared, not copied, and a single piece is the buffer itself.
+    /// bytes are shared, not copied, and a single piece is the buffer itself. (Tensor requests
+    /// are refused past `max_batch_size`, so today only preprocessed images get split.)
     pub fn split(self, values: usize) -> Vec<Self> {
         let values = values.max(1);
         if self.len() <= values {
@@ -69,8 +74,13 @@ impl Deref for Fp32Values {
     fn deref(&self) -> &[f32] {
         match &self.0 {
             Repr::Owned(values) => values,
-            // Aligned and whole by construction, so the cast cannot fail.
-            Repr::InPlace(bytes) => bytemuck::try_cast_slice(bytes).unwrap_or_default(),
+            // Aligned and whole by construction, so the cast cannot fail; were it to, the
+            // empty slice fails the batch's length check instead of panicking.
+            Repr::InPlace(bytes) => {
+                let values = bytemuck::try_cast_slice(bytes);
+                debug_assert!(values.is_ok(), "in-place FP32 bytes lost their alignment");
+                values.unwrap_or_default()
+            }
         }
     }
 }
@@ -118,7 +128,8 @@ mod tests {
         for offset in 0..8 {
             let decoded = Fp32Values::from_le_bytes(received(&values, offset));
             assert_eq!(&*decoded, values.as_slice(), "offset {offset}");
-            assert_eq!(decoded.is_in_place(), offset % 4 == 0, "offset {offset}");
+            let aligned = offset % 4 == 0 && cfg!(target_endian = "little");
+            assert_eq!(decoded.is_in_place(), aligned, "offset {offset}");
         }
     }
 

@@ -6,6 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = ServeConfig::parse();
+    config.validate().map_err(anyhow::Error::msg)?;
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.io_threads(cores))
