@@ -382,6 +382,12 @@ impl ServeConfig {
     }
 }
 
+/// The CPUs this process may run on (a container's CPU quota included), at least 1: what the
+/// thread defaults are sized from.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get())
+}
+
 /// Whether a presented API key equals `--api-key`, in time that depends only on the lengths
 /// (not on where the bytes differ).
 pub fn api_key_matches(given: &str, key: &str) -> bool {

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::ort as ort_backend;
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, available_cores};
 use crate::http::{self, AppState};
 use crate::listen::{self, ConnectionLimits};
 use crate::metrics::Metrics;
@@ -58,7 +58,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     tracing::info!(library = %library.display(), version = %ort_version, "ONNX Runtime loaded");
 
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
-    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let cores = available_cores();
     let pool = PreprocessPool::new(
         config.runtime.preprocess_threads.unwrap_or(cores),
         config.image_limits(),

@@ -57,12 +57,9 @@ impl Fp32Values {
                 .chunks(values)
                 .map(|piece| Self(Repr::Owned(piece.to_vec())))
                 .collect(),
-            Repr::InPlace(bytes) => (0..bytes.len())
-                .step_by(values * 4)
-                .map(|start| {
-                    let end = (start + values * 4).min(bytes.len());
-                    Self(Repr::InPlace(bytes.slice(start..end)))
-                })
+            Repr::InPlace(bytes) => bytes
+                .chunks(values * 4)
+                .map(|piece| Self(Repr::InPlace(bytes.slice_ref(piece))))
                 .collect(),
         }
     }

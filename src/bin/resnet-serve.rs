@@ -1,15 +1,14 @@
 //! `resnet-serve`: parse the configuration, set up logging, run the server until SIGTERM/SIGINT.
 
 use clap::Parser;
-use resnet_serve::config::{LogFormat, ServeConfig};
+use resnet_serve::config::{self, LogFormat, ServeConfig};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = ServeConfig::parse();
     config.validate().map_err(anyhow::Error::msg)?;
-    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.io_threads(cores))
+        .worker_threads(config.io_threads(config::available_cores()))
         .enable_all()
         .build()?
         .block_on(serve(config))

@@ -13,6 +13,7 @@ use crate::backend::ort::{self as ort_backend, OrtBackend, SessionOptions};
 use crate::backend::{Backend, Device};
 use crate::batcher::latency::LatencyProfile;
 use crate::batcher::{self, Batcher, BatcherConfig, BatcherHandle, LatencyTarget, policy::Limits};
+use crate::config::available_cores;
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
 use crate::preprocess::PreprocessSpec;
@@ -588,7 +589,7 @@ async fn load_version(
         .unwrap_or_else(|| options.defaults.device.clone());
     let device: Device = device_text.parse()?;
     let instances = config.instances.count.unwrap_or(1).max(1);
-    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let cores = available_cores();
     let session_options = SessionOptions {
         device,
         allow_cpu_fallback: options.allow_cpu_fallback,
