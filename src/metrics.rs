@@ -2,8 +2,8 @@
 //! (no global registry, so tests can run servers side by side).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets from 0.5 ms to 10 s.
@@ -44,6 +44,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Requests being processed.
     pub in_flight: IntGauge,
+    /// The factor admission control (`--target-p99-ms`) puts on its plans.
+    pub admission_margin: GaugeVec,
 }
 
 impl Metrics {
@@ -127,9 +129,17 @@ impl Metrics {
                 "resnet_serve_in_flight_requests",
                 "Requests being processed.",
             )?,
+            admission_margin: GaugeVec::new(
+                Opts::new(
+                    "resnet_serve_admission_margin",
+                    "Factor on admission control's expected completion times, learnt from how \
+                     late admitted requests finished (with --target-p99-ms).",
+                ),
+                &["model"],
+            )?,
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_seconds.clone()),
             Box::new(metrics.decode_seconds.clone()),
@@ -142,6 +152,7 @@ impl Metrics {
             Box::new(metrics.model_ready.clone()),
             Box::new(metrics.build_info.clone()),
             Box::new(metrics.in_flight.clone()),
+            Box::new(metrics.admission_margin.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector)?;

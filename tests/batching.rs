@@ -498,5 +498,14 @@ async fn admission_control_refuses_at_once_what_cannot_meet_its_deadline() {
         answers.iter().filter(|a| a.status == 200).count() + refused.len(),
         24
     );
+    // The margin admission plans with is exported, within its bounds.
+    let metrics = server.metrics_text().await;
+    let margin: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("resnet_serve_admission_margin{model=\"slow\"} "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!((0.5..=4.0).contains(&margin), "{margin}");
     server.stop().await;
 }

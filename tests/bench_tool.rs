@@ -131,7 +131,25 @@ fn every_protocol_reports_without_errors() {
             .unwrap()
             > 0.0
     );
-    assert!(report["p50_overhead_at_concurrency_1_ms"].is_number());
+    // Concurrency 1 against raw ORT batch 1, in alternating windows: both sides measured.
+    let paired = &report["paired"];
+    assert_eq!(paired["errors"], 0, "{paired}");
+    assert!(paired["requests"].as_u64().unwrap() > 0, "{paired}");
+    assert!(
+        paired["raw_ort_batch1_runs"].as_u64().unwrap() > 0,
+        "{paired}"
+    );
+    let (server_p50, raw_p50) = (
+        paired["server_p50_ms"].as_f64().unwrap(),
+        paired["raw_ort_batch1_p50_ms"].as_f64().unwrap(),
+    );
+    assert!(server_p50 > 0.0 && raw_p50 > 0.0, "{paired}");
+    // serde_json's float parsing may differ from the written value in the last bit.
+    let overhead = report["p50_overhead_at_concurrency_1_ms"].as_f64().unwrap();
+    assert!(
+        (overhead - (server_p50 - raw_p50)).abs() < 1e-9,
+        "{overhead} {paired}"
+    );
     assert!(report["p50_outside_decode_and_inference_at_concurrency_1_ms"].is_number());
 
     let open = bench(

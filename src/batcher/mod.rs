@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backend::{Backend, BackendError};
 use crate::metrics::Metrics;
 use crate::values::Fp32Values;
-use latency::{LatencyProfile, Load, Slowdown};
+use latency::{LatencyProfile, Load, PlanErrors, Slowdown};
 use policy::{Decision, Eviction, Limits, Policy, Queued};
 
 /// A request's images, queued for one batch.
@@ -33,6 +33,15 @@ pub struct Job {
     /// The request's span, so worker logs carry its request id.
     pub span: tracing::Span,
     enqueued: Instant,
+    /// What admission control planned for it, when it was admitted under a target.
+    plan: Option<Plan>,
+}
+
+/// When a job was admitted and how long admission control expected it to take from then.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    admitted: Instant,
+    expected: Duration,
 }
 
 impl Job {
@@ -55,6 +64,7 @@ impl Job {
             respond,
             span: tracing::Span::current(),
             enqueued,
+            plan: None,
         }
     }
 }
@@ -173,8 +183,10 @@ struct Admission {
     epoch: Instant,
     /// Per instance: expected end of its running batch in nanoseconds after `epoch`, 0 when idle.
     busy_until: Vec<AtomicU64>,
-    /// How much slower batches run now than at calibration, and how unevenly.
+    /// How much slower batches run now than at calibration.
     slowdown: Mutex<Slowdown>,
+    /// How far admitted jobs ran from their plans: the margin on plans.
+    plan_errors: Mutex<PlanErrors>,
     /// Images queued at each priority level: a job waits only behind its own level and those
     /// above it.
     queued_by_level: Vec<AtomicUsize>,
@@ -227,6 +239,31 @@ impl Admission {
         self.profile.estimate(size).mul_f64(self.slowdown().mean())
     }
 
+    /// The factor on plans that recent jobs' lateness calls for.
+    fn margin(&self) -> f64 {
+        self.plan_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .margin()
+    }
+
+    /// `jobs` have their results `now`: how long they took against their plans. Returns the
+    /// margin.
+    fn completed(&self, jobs: &[Job], now: Instant) -> f64 {
+        let mut errors = self
+            .plan_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for plan in jobs.iter().filter_map(|job| job.plan) {
+            errors.record(
+                plan.expected,
+                now.saturating_duration_since(plan.admitted),
+                now,
+            );
+        }
+        errors.update(now)
+    }
+
     /// What a job of `images` may still take, and what bounds it: what is left of the target
     /// after the `spent` since its request arrived, or what remains `to_deadline`, whichever
     /// is sooner. A target below one batch of the job (as admission plans it) cannot be met
@@ -237,10 +274,7 @@ impl Admission {
         spent: Duration,
         to_deadline: Duration,
     ) -> (Duration, &'static str) {
-        let own_batch = self
-            .profile
-            .estimate(images)
-            .mul_f64(self.slowdown().cautious());
+        let own_batch = self.estimate(images).mul_f64(self.margin());
         let target = self.target.saturating_sub(spent).max(own_batch);
         if target < to_deadline {
             (target, "is the model's latency target")
@@ -286,7 +320,7 @@ impl BatcherHandle {
     /// Queues a job, or refuses it at once when the queue is full or closed, or (with
     /// admission control) when behind the queue it would finish past its deadline or the
     /// latency target, whichever comes first.
-    pub fn submit(&self, job: Job) -> Result<(), BatchError> {
+    pub fn submit(&self, mut job: Job) -> Result<(), BatchError> {
         let images = job.images;
         if let Some(admission) = self.admission.as_ref().filter(|_| self.enforce_admission) {
             let now = Instant::now();
@@ -295,9 +329,10 @@ impl BatcherHandle {
                 until_instance_free: admission.until_instance_free(now),
                 instances: admission.busy_until.len(),
                 max_batch_size: admission.max_batch_size,
-                slowdown: admission.slowdown().cautious(),
+                slowdown: admission.slowdown().mean(),
             };
-            let expected = latency::expected_completion(&admission.profile, load, images);
+            let planned = latency::expected_completion(&admission.profile, load, images);
+            let expected = planned.mul_f64(admission.margin());
             let (budget, bound) = admission.budget(
                 images,
                 now.saturating_duration_since(job.arrived),
@@ -312,6 +347,15 @@ impl BatcherHandle {
                     expected_ms: expected.as_millis() as u64,
                     budget_ms: budget.as_millis() as u64,
                     bound,
+                });
+            }
+            // Only jobs admitted near their bound teach the margin: those with slack to spare
+            // (a light load, where plans err most, e.g. two requests arriving at an idle
+            // model at once) cannot miss it.
+            if budget < expected * 2 {
+                job.plan = Some(Plan {
+                    admitted: now,
+                    expected: planned,
                 });
             }
         }
@@ -418,6 +462,7 @@ pub fn spawn(
                 epoch: Instant::now(),
                 busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
                 slowdown: Mutex::new(Slowdown::default()),
+                plan_errors: Mutex::new(PlanErrors::default()),
                 queued_by_level: (0..config.limits.priority_levels.max(1))
                     .map(|_| AtomicUsize::new(0))
                     .collect(),
@@ -692,6 +737,13 @@ impl Worker {
 
     /// Hands each job its rows of `logits`.
     fn answer(&self, jobs: Vec<Job>, logits: &[f32], started: Instant, infer: Duration) {
+        if let Some(admission) = &self.admission {
+            let margin = admission.completed(&jobs, Instant::now());
+            self.metrics
+                .admission_margin
+                .with_label_values(&[self.config.model.as_str()])
+                .set(margin);
+        }
         let images: usize = jobs.iter().map(|job| job.images).sum();
         self.metrics
             .images
@@ -733,6 +785,7 @@ mod tests {
             epoch: Instant::now(),
             busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
             slowdown: Mutex::new(Slowdown::default()),
+            plan_errors: Mutex::new(PlanErrors::default()),
             queued_by_level: (0..levels).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
@@ -776,6 +829,42 @@ mod tests {
         assert_eq!(
             admission.budget(1, Duration::from_millis(10), Duration::from_millis(30)),
             (Duration::from_millis(30), "remain to the deadline")
+        );
+    }
+
+    #[test]
+    fn jobs_that_ran_past_their_plan_widen_the_margin() {
+        let admission = admission(1, 1);
+        let admitted = Instant::now();
+        let planned = |expected_ms: u64| {
+            let (respond, _) = oneshot::channel();
+            let mut job = Job::new(
+                vec![0.0].into(),
+                1,
+                0,
+                admitted,
+                admitted + Duration::from_secs(1),
+                respond,
+            );
+            job.plan = Some(Plan {
+                admitted,
+                expected: Duration::from_millis(expected_ms),
+            });
+            job
+        };
+        let (respond, _) = oneshot::channel();
+        let unplanned = Job::new(vec![0.0].into(), 1, 0, admitted, admitted, respond);
+        // Planned at 40 ms, done at 60: half as long again; the server's own job counts not.
+        let mut jobs: Vec<Job> = (0..latency::PLAN_MIN_JOBS).map(|_| planned(40)).collect();
+        jobs.push(unplanned);
+        admission.completed(&jobs, admitted + Duration::from_millis(60));
+        assert!((admission.margin() - 1.5).abs() < 1e-9);
+        // A target below one batch now floors the budget at the wider batch: 10 ms × 1.5.
+        assert_eq!(
+            admission
+                .budget(1, Duration::from_millis(150), Duration::from_secs(10))
+                .0,
+            Duration::from_millis(15)
         );
     }
 

@@ -3,7 +3,8 @@
 //! tensors), closed-loop over concurrency levels or open-loop at Poisson arrival rates, with
 //! real image files; and `--baseline raw-ort`, the same model run in-process by ONNX Runtime
 //! with the same threads at its best batch size, so the report gives server / raw ORT from
-//! one run. Writes `report.json` and `latency.svg`.
+//! one run, and one client's p50 against raw ORT's batch-1 p50 in alternating windows.
+//! Writes `report.json` and `latency.svg`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,11 @@ struct Args {
     /// Closed loop: these numbers of clients, each sending its next request on an answer.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
     concurrency: Vec<usize>,
+    /// Closed loop: after a refusal (HTTP 429, gRPC RESOURCE_EXHAUSTED) a client waits this
+    /// many milliseconds before its next request, as a client honouring the refusal would;
+    /// 0 sends it at once (a server refusing at admission then spends its cores on refusals).
+    #[arg(long, default_value = "0")]
+    backoff_ms: u64,
     /// Open loop instead: Poisson arrivals at these rates (requests/s), whatever the answers.
     #[arg(long, value_delimiter = ',')]
     rate: Vec<f64>,
@@ -324,11 +330,86 @@ struct Report {
     /// Best server throughput over raw ORT at the batch size the server ran there (its mean
     /// batch, with `--metrics`): what the server costs over the model at the same batching.
     server_over_raw_ort_at_server_batch: Option<f64>,
-    /// Server p50 at concurrency 1 minus raw ORT batch-1 latency.
+    /// Server p50 at concurrency 1 minus raw ORT's batch-1 p50, from [`Report::paired`].
     p50_overhead_at_concurrency_1_ms: Option<f64>,
+    /// One client against raw ORT at batch 1, in alternating windows (with a baseline and
+    /// concurrency 1 among the levels).
+    paired: Option<Paired>,
     /// At concurrency 1, the p50 of each request's latency minus its own decode and inference
     /// times (from `Server-Timing`).
     p50_outside_decode_and_inference_at_concurrency_1_ms: Option<f64>,
+}
+
+/// Concurrency 1 against raw ORT at batch 1, measured side by side: [`PAIRED_ROUNDS`] rounds
+/// of a window of requests from one client, then a window of raw batch-1 runs, so that a drift
+/// of the machine's speed during the run (other tenants, frequency) shows in both alike. The
+/// first request and run of each window are left out (a window's first request may meet the
+/// other side's threads still spinning).
+#[derive(Debug, Serialize)]
+struct Paired {
+    rounds: usize,
+    requests: usize,
+    /// Failed requests (not in the latencies).
+    errors: usize,
+    server_p50_ms: f64,
+    raw_ort_batch1_runs: usize,
+    raw_ort_batch1_p50_ms: f64,
+    /// `server_p50_ms − raw_ort_batch1_p50_ms`.
+    p50_overhead_ms: f64,
+}
+
+/// Alternations in [`Paired`].
+const PAIRED_ROUNDS: usize = 10;
+
+/// Measures [`Paired`] over about `seconds`.
+async fn paired_concurrency_1(
+    args: &Args,
+    input: Option<&Arc<TensorInput>>,
+    images: &Arc<Vec<Bytes>>,
+    mut baseline: RawOrtBaseline,
+    seconds: f64,
+) -> anyhow::Result<(RawOrtBaseline, Paired)> {
+    let window = Duration::from_secs_f64(seconds / (2 * PAIRED_ROUNDS) as f64);
+    let deadline = args.deadline_ms.map(Duration::from_millis);
+    let mut client = Client::new(args, input).await?;
+    let (mut server_ms, mut raw_ms, mut errors, mut next) = (Vec::new(), Vec::new(), 0, 0);
+    for _ in 0..PAIRED_ROUNDS {
+        let until = Instant::now() + window;
+        let mut first = true;
+        while first || Instant::now() < until {
+            let started = Instant::now();
+            let answer = client.send(&images[next % images.len()], deadline).await;
+            let latency = started.elapsed().as_secs_f64() * 1000.0;
+            next += 1;
+            if !is_success(&answer.outcome) {
+                errors += 1;
+            } else if !first {
+                server_ms.push(latency);
+            }
+            first = false;
+        }
+        let runs;
+        (baseline, runs) = tokio::task::spawn_blocking(move || {
+            let runs = baseline.batch1_for(window);
+            runs.map(|runs| (baseline, runs))
+        })
+        .await??;
+        raw_ms.extend(runs.into_iter().skip(1));
+    }
+    let (requests, raw_runs) = (server_ms.len(), raw_ms.len());
+    let (server, raw) = (Percentiles::of(server_ms).p50, Percentiles::of(raw_ms).p50);
+    Ok((
+        baseline,
+        Paired {
+            rounds: PAIRED_ROUNDS,
+            requests,
+            errors,
+            server_p50_ms: server,
+            raw_ort_batch1_runs: raw_runs,
+            raw_ort_batch1_p50_ms: raw,
+            p50_overhead_ms: server - raw,
+        },
+    ))
 }
 
 /// A client of the server under test.
@@ -602,6 +683,11 @@ fn is_success(outcome: &str) -> bool {
     outcome == "200" || outcome == "OK"
 }
 
+/// The server refused the request for now (full, or it would miss its bound).
+fn is_refusal(outcome: &str) -> bool {
+    outcome == "429" || outcome == "ResourceExhausted"
+}
+
 fn load_images(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut files = Vec::new();
     for path in paths {
@@ -640,6 +726,7 @@ async fn closed_loop(
 ) -> anyhow::Result<Samples> {
     let mut tasks = Vec::new();
     let deadline = args.deadline_ms.map(Duration::from_millis);
+    let backoff = Duration::from_millis(args.backoff_ms);
     for index in 0..clients {
         let mut client = Client::new(args, input).await?;
         let images = images.clone();
@@ -651,7 +738,11 @@ async fn closed_loop(
                 next += clients;
                 let started = Instant::now();
                 let outcome = client.send(image, deadline).await;
+                let refused = is_refusal(&outcome.outcome);
                 samples.push((started, started.elapsed().as_secs_f64() * 1000.0, outcome));
+                if refused && !backoff.is_zero() {
+                    tokio::time::sleep(backoff).await;
+                }
             }
             samples
         }));
@@ -828,6 +919,18 @@ impl RawOrtBaseline {
         Ok(())
     }
 
+    /// Batch-1 runs for `window` (at least two): each one's milliseconds.
+    fn batch1_for(&mut self, window: Duration) -> anyhow::Result<Vec<f64>> {
+        let started = Instant::now();
+        let mut runs = Vec::new();
+        while started.elapsed() < window || runs.len() < 2 {
+            let run_started = Instant::now();
+            self.backend.infer(&self.tensors[0], 1)?;
+            runs.push(run_started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(runs)
+    }
+
     /// What was measured.
     fn report(self) -> RawOrt {
         let by_batch: BTreeMap<usize, f64> = RAW_SIZES
@@ -995,6 +1098,27 @@ async fn main() -> anyhow::Result<()> {
         );
         levels.push(level);
     }
+    let has_concurrency_1 = levels
+        .iter()
+        .any(|level| level.mode == "closed" && level.load == 1.0);
+    let (raw_baseline, paired) = match raw_baseline {
+        Some(baseline) if has_concurrency_1 => {
+            let (baseline, paired) = paired_concurrency_1(
+                &args,
+                input.as_ref(),
+                &images,
+                baseline,
+                args.duration_seconds,
+            )
+            .await?;
+            eprintln!(
+                "concurrency 1 against raw ORT batch 1, alternating: p50 {:.2} − {:.2} = {:.2} ms",
+                paired.server_p50_ms, paired.raw_ort_batch1_p50_ms, paired.p50_overhead_ms
+            );
+            (Some(baseline), Some(paired))
+        }
+        baseline => (baseline, None),
+    };
     let raw_ort = match raw_baseline {
         Some(baseline) => {
             let raw = measure_raw(baseline, args.duration_seconds / 2.0)
@@ -1026,10 +1150,7 @@ async fn main() -> anyhow::Result<()> {
     let concurrency_1 = levels
         .iter()
         .find(|level| level.mode == "closed" && level.load == 1.0);
-    let p50_overhead = raw_ort
-        .as_ref()
-        .zip(concurrency_1)
-        .map(|(raw, level)| level.latency_ms.p50 - raw.batch1_latency_ms);
+    let p50_overhead = paired.as_ref().map(|paired| paired.p50_overhead_ms);
     let p50_outside = concurrency_1.and_then(|level| Some(level.stages.as_ref()?.outside_ms.p50));
     let report = Report {
         target: args.target.clone(),
@@ -1041,6 +1162,7 @@ async fn main() -> anyhow::Result<()> {
         inference_in_server_over_raw_ort,
         server_over_raw_ort_at_server_batch,
         p50_overhead_at_concurrency_1_ms: p50_overhead,
+        paired,
         p50_outside_decode_and_inference_at_concurrency_1_ms: p50_outside,
     };
     std::fs::create_dir_all(&args.output)?;

@@ -689,6 +689,9 @@ async fn load_version(
     }
 }
 
+/// Timed runs per batch size in calibration (odd: the median is one of them).
+const CALIBRATION_RUNS: usize = 5;
+
 /// Measures batch latencies on the first instance and fits the batching to `target`: the
 /// fastest batch size (images/s) whose worst case (waiting for a running batch, then its own)
 /// stays within the target, no queue delay (work-conserving batching fills batches under load
@@ -712,18 +715,21 @@ async fn calibrate(
         if let Some(backend) = backends.first_mut() {
             for size in sizes {
                 let input = vec![0.0; size * tensor_len];
-                // One untimed run (lazy initialisation), then the slowest of three.
-                let mut slowest = Duration::ZERO;
-                for run in 0..4 {
+                // One untimed run (lazy initialisation), then the median of five: admission
+                // learns the tail from how late jobs run (`PlanErrors`), and a median keeps
+                // the choice between sizes of nearly equal throughput from following noise.
+                backend.infer(&input, size)?;
+                let mut times = [Duration::ZERO; CALIBRATION_RUNS];
+                for time in &mut times {
                     let started = Instant::now();
                     backend.infer(&input, size)?;
-                    if run > 0 {
-                        slowest = slowest.max(started.elapsed());
-                    }
+                    *time = started.elapsed();
                 }
-                points.push((size, slowest));
+                times.sort_unstable();
+                let median = times[CALIBRATION_RUNS / 2];
+                points.push((size, median));
                 // Larger batches take longer still: none of them can meet the target.
-                if slowest * 2 > target {
+                if median * 2 > target {
                     break;
                 }
             }
