@@ -342,9 +342,9 @@ struct Report {
 
 /// Concurrency 1 against raw ORT at batch 1, measured side by side: [`PAIRED_ROUNDS`] rounds
 /// of a window of requests from one client, then a window of raw batch-1 runs, so that a drift
-/// of the machine's speed during the run (other tenants, frequency) shows in both alike. The
-/// first request and run of each window are left out (a window's first request may meet the
-/// other side's threads still spinning).
+/// of the machine's speed during the run (other tenants, frequency) shows in both alike. Each
+/// window starts with [`PAIRED_WARMUP`] untimed requests or runs: the side that was idle
+/// wakes its threads, and the other side's may still be spinning.
 #[derive(Debug, Serialize)]
 struct Paired {
     rounds: usize,
@@ -359,7 +359,10 @@ struct Paired {
 }
 
 /// Alternations in [`Paired`].
-const PAIRED_ROUNDS: usize = 10;
+const PAIRED_ROUNDS: usize = 5;
+
+/// Untimed requests or runs at the start of each window of [`Paired`].
+const PAIRED_WARMUP: usize = 3;
 
 /// Measures [`Paired`] over about `seconds`.
 async fn paired_concurrency_1(
@@ -374,19 +377,22 @@ async fn paired_concurrency_1(
     let mut client = Client::new(args, input).await?;
     let (mut server_ms, mut raw_ms, mut errors, mut next) = (Vec::new(), Vec::new(), 0, 0);
     for _ in 0..PAIRED_ROUNDS {
-        let until = Instant::now() + window;
-        let mut first = true;
-        while first || Instant::now() < until {
+        let mut sent = 0;
+        let mut until = None;
+        while until.is_none_or(|until| Instant::now() < until) {
             let started = Instant::now();
             let answer = client.send(&images[next % images.len()], deadline).await;
             let latency = started.elapsed().as_secs_f64() * 1000.0;
             next += 1;
+            sent += 1;
             if !is_success(&answer.outcome) {
                 errors += 1;
-            } else if !first {
+            } else if until.is_some() {
                 server_ms.push(latency);
             }
-            first = false;
+            if sent == PAIRED_WARMUP {
+                until = Some(Instant::now() + window);
+            }
         }
         let runs;
         (baseline, runs) = tokio::task::spawn_blocking(move || {
@@ -394,7 +400,7 @@ async fn paired_concurrency_1(
             runs.map(|runs| (baseline, runs))
         })
         .await??;
-        raw_ms.extend(runs.into_iter().skip(1));
+        raw_ms.extend(runs);
     }
     let (requests, raw_runs) = (server_ms.len(), raw_ms.len());
     let (server, raw) = (Percentiles::of(server_ms).p50, Percentiles::of(raw_ms).p50);
@@ -919,11 +925,15 @@ impl RawOrtBaseline {
         Ok(())
     }
 
-    /// Batch-1 runs for `window` (at least two): each one's milliseconds.
+    /// [`PAIRED_WARMUP`] untimed batch-1 runs, then timed ones for `window` (at least one):
+    /// each one's milliseconds.
     fn batch1_for(&mut self, window: Duration) -> anyhow::Result<Vec<f64>> {
+        for _ in 0..PAIRED_WARMUP {
+            self.backend.infer(&self.tensors[0], 1)?;
+        }
         let started = Instant::now();
         let mut runs = Vec::new();
-        while started.elapsed() < window || runs.len() < 2 {
+        while started.elapsed() < window || runs.is_empty() {
             let run_started = Instant::now();
             self.backend.infer(&self.tensors[0], 1)?;
             runs.push(run_started.elapsed().as_secs_f64() * 1000.0);

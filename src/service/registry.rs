@@ -690,7 +690,7 @@ async fn load_version(
 }
 
 /// Timed runs per batch size in calibration (odd: the median is one of them).
-const CALIBRATION_RUNS: usize = 5;
+const CALIBRATION_RUNS: usize = 3;
 
 /// Measures batch latencies on the first instance and fits the batching to `target`: the
 /// fastest batch size (images/s) whose worst case (waiting for a running batch, then its own)
@@ -715,7 +715,7 @@ async fn calibrate(
         if let Some(backend) = backends.first_mut() {
             for size in sizes {
                 let input = vec![0.0; size * tensor_len];
-                // One untimed run (lazy initialisation), then the median of five: admission
+                // One untimed run (lazy initialisation), then the median of three: admission
                 // learns the tail from how late jobs run (`PlanErrors`), and a median keeps
                 // the choice between sizes of nearly equal throughput from following noise.
                 backend.infer(&input, size)?;
