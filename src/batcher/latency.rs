@@ -117,13 +117,20 @@ pub fn expected_completion(profile: &LatencyProfile, load: Load, images: usize) 
     let full_rounds = u32::try_from((total - 1) / per_round).unwrap_or(u32::MAX);
     let idle = load.queued_images == 0 && load.until_instance_free.is_none();
     let own_batch = if idle { images.clamp(1, max) } else { max };
-    let scaled = |time: Duration| {
-        Duration::try_from_secs_f64(time.as_secs_f64() * load.slowdown).unwrap_or(Duration::MAX)
-    };
     load.until_instance_free
         .unwrap_or_default()
-        .saturating_add(scaled(profile.estimate(max)).saturating_mul(full_rounds))
-        .saturating_add(scaled(profile.estimate(own_batch)))
+        .saturating_add(scaled(profile.estimate(max), load.slowdown).saturating_mul(full_rounds))
+        .saturating_add(scaled(profile.estimate(own_batch), load.slowdown))
+}
+
+/// `time × factor`, saturating at `Duration::MAX` (and zero for a factor that is not a
+/// positive number) instead of panicking.
+pub fn scaled(time: Duration, factor: f64) -> Duration {
+    match Duration::try_from_secs_f64(time.as_secs_f64() * factor) {
+        Ok(scaled) => scaled,
+        Err(_) if factor > 0.0 => Duration::MAX,
+        Err(_) => Duration::ZERO,
+    }
 }
 
 /// How much slower batches run now than at calibration (under load the cores are shared with
@@ -417,6 +424,15 @@ mod tests {
         assert_eq!(fast.update(now), 0.5);
         fast.record(ms(100), ms(300), now);
         assert!((fast.update(now) - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn scaling_saturates_instead_of_panicking() {
+        assert_eq!(scaled(ms(10), 1.5), ms(15));
+        assert_eq!(scaled(Duration::MAX, 4.0), Duration::MAX);
+        assert_eq!(scaled(ms(10), f64::INFINITY), Duration::MAX);
+        assert_eq!(scaled(ms(10), f64::NAN), Duration::ZERO);
+        assert_eq!(scaled(ms(10), -1.0), Duration::ZERO);
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl Admission {
 
     /// Expected time of a batch of `size` now.
     fn estimate(&self, size: usize) -> Duration {
-        self.profile.estimate(size).mul_f64(self.slowdown().mean())
+        latency::scaled(self.profile.estimate(size), self.slowdown().mean())
     }
 
     /// The factor on plans that recent jobs' lateness calls for.
@@ -274,7 +274,7 @@ impl Admission {
         spent: Duration,
         to_deadline: Duration,
     ) -> (Duration, &'static str) {
-        let own_batch = self.estimate(images).mul_f64(self.margin());
+        let own_batch = latency::scaled(self.estimate(images), self.margin());
         let target = self.target.saturating_sub(spent).max(own_batch);
         if target < to_deadline {
             (target, "is the model's latency target")
@@ -332,7 +332,7 @@ impl BatcherHandle {
                 slowdown: admission.slowdown().mean(),
             };
             let planned = latency::expected_completion(&admission.profile, load, images);
-            let expected = planned.mul_f64(admission.margin());
+            let expected = latency::scaled(planned, admission.margin());
             let (budget, bound) = admission.budget(
                 images,
                 now.saturating_duration_since(job.arrived),
@@ -352,7 +352,7 @@ impl BatcherHandle {
             // Only jobs admitted near their bound teach the margin: those with slack to spare
             // (a light load, where plans err most, e.g. two requests arriving at an idle
             // model at once) cannot miss it.
-            if budget < expected * 2 {
+            if budget < expected.saturating_mul(2) {
                 job.plan = Some(Plan {
                     admitted: now,
                     expected: planned,
