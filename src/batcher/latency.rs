@@ -360,33 +360,36 @@ mod tests {
         );
     }
 
+    /// Records `count` jobs planned at `planned_ms` that took `actual_ms`, at `at`.
+    fn record_many(
+        errors: &mut PlanErrors,
+        count: usize,
+        planned_ms: u64,
+        actual_ms: u64,
+        at: Instant,
+    ) {
+        for _ in 0..count {
+            errors.record(ms(planned_ms), ms(actual_ms), at);
+        }
+    }
+
     #[test]
     fn a_late_spell_raises_the_margin_until_it_is_forgotten() {
         let (mut errors, start) = (PlanErrors::default(), Instant::now());
-        for _ in 0..PLAN_WINDOW {
-            errors.record(ms(100), ms(90), start);
-        }
+        record_many(&mut errors, PLAN_WINDOW, 100, 90, start);
         assert!((errors.update(start) - 0.9).abs() < 1e-9);
         // Sixteen jobs behind slow batches ran 40 % late: more than 1 % of the window.
-        for _ in 0..16 {
-            errors.record(ms(100), ms(140), start);
-        }
+        record_many(&mut errors, 16, 100, 140, start);
         assert!((errors.update(start) - 1.4).abs() < 1e-9);
         // A window of later jobs pushes them out...
-        for _ in 0..PLAN_WINDOW {
-            errors.record(ms(100), ms(90), start);
-        }
+        record_many(&mut errors, PLAN_WINDOW, 100, 90, start);
         assert!((errors.update(start) - 0.9).abs() < 1e-9);
         // ...and so does time, when few jobs come: the margin is 1 until enough are seen.
-        for _ in 0..16 {
-            errors.record(ms(100), ms(140), start);
-        }
+        record_many(&mut errors, 16, 100, 140, start);
         assert!((errors.update(start) - 1.4).abs() < 1e-9);
         let later = start + PLAN_MEMORY + ms(1);
         assert_eq!(errors.update(later), 1.0);
-        for _ in 0..PLAN_MIN_JOBS {
-            errors.record(ms(100), ms(90), later);
-        }
+        record_many(&mut errors, PLAN_MIN_JOBS, 100, 90, later);
         assert!((errors.update(later) - 0.9).abs() < 1e-9);
     }
 
@@ -394,33 +397,23 @@ mod tests {
     fn the_margin_waits_for_enough_jobs_and_moves_in_steps() {
         let (mut errors, now) = (PlanErrors::default(), Instant::now());
         // Too few jobs to say anything; nothing learnt from a zero plan.
-        for _ in 0..PLAN_MIN_JOBS - 1 {
-            errors.record(ms(100), ms(150), now);
-        }
+        record_many(&mut errors, PLAN_MIN_JOBS - 1, 100, 150, now);
         errors.record(Duration::ZERO, ms(1), now);
         assert_eq!(errors.update(now), 1.0);
         errors.record(ms(100), ms(150), now);
         assert!((errors.update(now) - 1.5).abs() < 1e-9);
         // One odd job among few does not set the margin; two do. Absurd ratios are bounded.
-        for _ in 0..15 {
-            errors.record(ms(100), ms(150), now);
-        }
+        record_many(&mut errors, 15, 100, 150, now);
         errors.record(ms(1), ms(1000), now);
         assert!((errors.update(now) - 1.5).abs() < 1e-9);
-        for _ in 0..15 {
-            errors.record(ms(100), ms(150), now);
-        }
+        record_many(&mut errors, 15, 100, 150, now);
         errors.record(ms(1), ms(1000), now);
         assert_eq!(errors.update(now), 4.0);
         // Below the bound too; and recomputed only every sixteenth job.
         let mut fast = PlanErrors::default();
-        for _ in 0..PLAN_MIN_JOBS {
-            fast.record(ms(100), ms(1), now);
-        }
+        record_many(&mut fast, PLAN_MIN_JOBS, 100, 1, now);
         assert_eq!(fast.update(now), 0.5);
-        for _ in 0..15 {
-            fast.record(ms(100), ms(300), now);
-        }
+        record_many(&mut fast, 15, 100, 300, now);
         assert_eq!(fast.update(now), 0.5);
         fast.record(ms(100), ms(300), now);
         assert!((fast.update(now) - 3.0).abs() < 1e-9);

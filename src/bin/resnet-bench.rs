@@ -1108,11 +1108,11 @@ async fn main() -> anyhow::Result<()> {
         );
         levels.push(level);
     }
-    let has_concurrency_1 = levels
+    let concurrency_1 = levels
         .iter()
-        .any(|level| level.mode == "closed" && level.load == 1.0);
+        .find(|level| level.mode == "closed" && level.load == 1.0);
     let (raw_baseline, paired) = match raw_baseline {
-        Some(baseline) if has_concurrency_1 => {
+        Some(baseline) if concurrency_1.is_some() => {
             let (baseline, paired) = paired_concurrency_1(
                 &args,
                 input.as_ref(),
@@ -1157,9 +1157,6 @@ async fn main() -> anyhow::Result<()> {
         let server = best.server.as_ref()?;
         Some(best.throughput_per_second / raw.images_per_second_near(server.mean_batch_size)?)
     });
-    let concurrency_1 = levels
-        .iter()
-        .find(|level| level.mode == "closed" && level.load == 1.0);
     let p50_overhead = paired.as_ref().map(|paired| paired.p50_overhead_ms);
     let p50_outside = concurrency_1.and_then(|level| Some(level.stages.as_ref()?.outside_ms.p50));
     let report = Report {
