@@ -60,7 +60,7 @@ def main():
         with urllib.request.urlopen(f"http://{server.metrics}/metrics") as response:
             margin = next((float(line.rsplit(" ", 1)[1]) for line in response.read().decode()
                            .splitlines()
-                           if line.startswith('resnet_serve_admission_margin{model="resnet50"}')),
+                           if line.startswith('resnet_serve_admission_margin{model="resnet50",')),
                           None)
     finally:
         server.stop()

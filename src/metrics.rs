@@ -135,7 +135,7 @@ impl Metrics {
                     "Factor on admission control's expected completion times, learnt from how \
                      late admitted requests finished (with --target-p99-ms).",
                 ),
-                &["model"],
+                &["model", "version"],
             )?,
             registry,
         };

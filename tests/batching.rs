@@ -470,7 +470,11 @@ async fn admission_control_refuses_at_once_what_cannot_meet_its_deadline() {
     let target_ms = (single_ms * 4.0) as u64 + 20;
     let server = start(
         repository.path(),
-        &["--target-p99-ms", &target_ms.to_string()],
+        &[
+            "--target-p99-ms",
+            &target_ms.to_string(),
+            "--enable-model-control",
+        ],
     )
     .await;
     let answers = burst(&server, 24, &[]).await;
@@ -502,10 +506,32 @@ async fn admission_control_refuses_at_once_what_cannot_meet_its_deadline() {
     let metrics = server.metrics_text().await;
     let margin: f64 = metrics
         .lines()
-        .find_map(|line| line.strip_prefix("resnet_serve_admission_margin{model=\"slow\"} "))
+        .find_map(|line| {
+            line.strip_prefix("resnet_serve_admission_margin{model=\"slow\",version=\"1\"} ")
+        })
         .unwrap_or_else(|| panic!("{metrics}"))
         .parse()
         .unwrap();
     assert!((0.5..=4.0).contains(&margin), "{margin}");
+    // Unloaded, the version's margin series goes with its batcher.
+    let unload = server
+        .client
+        .post(server.url("/v2/repository/models/slow/unload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unload.status(), 200);
+    let mut metrics = server.metrics_text().await;
+    for _ in 0..100 {
+        if !metrics.contains("resnet_serve_admission_margin{") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        metrics = server.metrics_text().await;
+    }
+    assert!(
+        !metrics.contains("resnet_serve_admission_margin{"),
+        "{metrics}"
+    );
     server.stop().await;
 }

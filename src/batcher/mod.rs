@@ -1,5 +1,6 @@
 //! The dynamic batcher of one model version: a bounded queue, a scheduler task that asks the
-//! pure [`policy`] what to run, and one worker thread per model instance.
+//! pure [`policy`] what to run, and one worker thread per model instance, which takes its next
+//! batch from the queue itself when one is ready as its last one ends.
 
 pub mod latency;
 pub mod policy;
@@ -42,6 +43,14 @@ pub struct Job {
 struct Plan {
     admitted: Instant,
     expected: Duration,
+}
+
+/// What admission has learnt, as one admission uses it: how much slower batches run than at
+/// calibration, and the margin on plans.
+#[derive(Debug, Clone, Copy)]
+struct Factors {
+    slowdown: f64,
+    margin: f64,
 }
 
 impl Job {
@@ -136,6 +145,8 @@ pub enum BatchError {
 pub struct BatcherConfig {
     /// Metric label (model name).
     pub model: String,
+    /// Metric label of the version, for what is learnt per version (the admission margin).
+    pub version: String,
     /// Policy limits.
     pub limits: Limits,
     /// Images that may wait before submissions get [`BatchError::QueueFull`].
@@ -230,7 +241,7 @@ impl Admission {
     }
 
     fn slowdown(&self) -> Slowdown {
-        // A panic elsewhere cannot leave a half-written pair of floats: use what is there.
+        // A panic elsewhere cannot leave a half-written value: use what is there.
         *self.slowdown.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -239,16 +250,25 @@ impl Admission {
         latency::scaled(self.profile.estimate(size), self.slowdown().mean())
     }
 
-    /// The factor on plans that recent jobs' lateness calls for.
-    fn margin(&self) -> f64 {
+    /// The factor on plans that recent jobs' lateness calls for `now` (after an idle spell,
+    /// one that forgot the jobs of a slow one).
+    fn margin(&self, now: Instant) -> f64 {
         self.plan_errors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .margin()
+            .update(now)
     }
 
-    /// `jobs` have their results `now`: how long they took against their plans. Returns the
-    /// margin.
+    /// The learnt factors, read once for one admission.
+    fn factors(&self, now: Instant) -> Factors {
+        Factors {
+            slowdown: self.slowdown().mean(),
+            margin: self.margin(now),
+        }
+    }
+
+    /// `jobs` have their results (or, expired in the queue, their 504) `now`: how long they
+    /// took against their plans. Returns the margin.
     fn completed(&self, jobs: &[Job], now: Instant) -> f64 {
         let mut errors = self
             .plan_errors
@@ -266,15 +286,19 @@ impl Admission {
 
     /// What a job of `images` may still take, and what bounds it: what is left of the target
     /// after the `spent` since its request arrived, or what remains `to_deadline`, whichever
-    /// is sooner. A target below one batch of the job (as admission plans it) cannot be met
-    /// even when idle: then only waiting is refused.
+    /// is sooner. A target below one batch of the job (as admission plans it with `factors`)
+    /// cannot be met even when idle: then only waiting is refused.
     fn budget(
         &self,
         images: usize,
         spent: Duration,
         to_deadline: Duration,
+        factors: Factors,
     ) -> (Duration, &'static str) {
-        let own_batch = latency::scaled(self.estimate(images), self.margin());
+        let own_batch = latency::scaled(
+            latency::scaled(self.profile.estimate(images), factors.slowdown),
+            factors.margin,
+        );
         let target = self.target.saturating_sub(spent).max(own_batch);
         if target < to_deadline {
             (target, "is the model's latency target")
@@ -292,7 +316,9 @@ impl Admission {
 
     /// Worker `index` started a batch of `images`.
     fn started(&self, index: usize, images: usize, now: Instant) {
-        let until = now.duration_since(self.epoch) + self.estimate(images);
+        let until = now
+            .duration_since(self.epoch)
+            .saturating_add(self.estimate(images));
         if let Some(slot) = self.busy_until.get(index) {
             let nanos = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX).max(1);
             slot.store(nanos, Ordering::Release);
@@ -324,19 +350,21 @@ impl BatcherHandle {
         let images = job.images;
         if let Some(admission) = self.admission.as_ref().filter(|_| self.enforce_admission) {
             let now = Instant::now();
+            let factors = admission.factors(now);
             let load = Load {
                 queued_images: admission.queued_ahead(job.level),
                 until_instance_free: admission.until_instance_free(now),
                 instances: admission.busy_until.len(),
                 max_batch_size: admission.max_batch_size,
-                slowdown: admission.slowdown().mean(),
+                slowdown: factors.slowdown,
             };
             let planned = latency::expected_completion(&admission.profile, load, images);
-            let expected = latency::scaled(planned, admission.margin());
+            let expected = latency::scaled(planned, factors.margin);
             let (budget, bound) = admission.budget(
                 images,
                 now.saturating_duration_since(job.arrived),
                 job.deadline.saturating_duration_since(now),
+                factors,
             );
             if expected > budget {
                 self.metrics
@@ -412,6 +440,9 @@ pub struct Batcher {
     handle: Option<BatcherHandle>,
     scheduler: tokio::task::JoinHandle<()>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    /// Model and version: the labels of this batcher's own series.
+    labels: [String; 2],
 }
 
 impl Batcher {
@@ -438,6 +469,11 @@ impl Batcher {
         if joined.await.is_err() {
             tracing::error!("cannot join model worker threads");
         }
+        // Absent without a latency target: nothing to remove then.
+        let _ = self
+            .metrics
+            .admission_margin
+            .remove_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()]);
     }
 }
 
@@ -468,6 +504,14 @@ pub fn spawn(
                     .collect(),
             })
         });
+    let queued = Arc::new(AtomicUsize::new(0));
+    let queue = Arc::new(Queue {
+        policy: Mutex::new(Policy::new(config.limits.clone())),
+        queued: queued.clone(),
+        admission: admission.clone(),
+        metrics: metrics.clone(),
+        model: config.model.clone(),
+    });
     let mut workers = Vec::new();
     let mut worker_inputs = Vec::new();
     for (index, backend) in backends.into_iter().enumerate() {
@@ -478,6 +522,7 @@ pub fn spawn(
             backend,
             batches: batch_rx,
             idle: idle_tx.clone(),
+            queue: queue.clone(),
             admission: admission.clone(),
             config: config.clone(),
             metrics: metrics.clone(),
@@ -489,24 +534,21 @@ pub fn spawn(
         );
         worker_inputs.push(batch_tx);
     }
-    let queued = Arc::new(AtomicUsize::new(0));
     let scheduler = Scheduler {
-        policy: Policy::new(config.limits.clone()),
+        queue,
         jobs: jobs_rx,
         idle: idle_rx,
         workers: worker_inputs,
         idle_workers: Vec::new(),
-        queued: queued.clone(),
         admission: admission.clone(),
-        metrics: metrics.clone(),
         model: config.model.clone(),
     };
     let handle = BatcherHandle {
         jobs: jobs_tx,
         queued,
         capacity: config.max_queue_size,
-        metrics,
-        model: config.model,
+        metrics: metrics.clone(),
+        model: config.model.clone(),
         admission,
         enforce_admission: true,
     };
@@ -514,22 +556,103 @@ pub fn spawn(
         handle: Some(handle),
         scheduler: tokio::spawn(scheduler.run()),
         workers,
+        metrics,
+        labels: [config.model, config.version],
     })
 }
 
+/// The queued jobs, shared by the scheduler, which queues them and hands batches to idle
+/// workers, and the workers, which take their next batch themselves when they finish one: the
+/// model then never waits for the scheduler's turn on the runtime between two batches.
+struct Queue {
+    policy: Mutex<Policy<Job>>,
+    /// Images queued, as [`BatcherHandle::submit`] counts them.
+    queued: Arc<AtomicUsize>,
+    admission: Option<Arc<Admission>>,
+    metrics: Arc<Metrics>,
+    model: String,
+}
+
+impl Queue {
+    fn policy(&self) -> std::sync::MutexGuard<'_, Policy<Job>> {
+        // The policy's methods leave it consistent between calls: a panic elsewhere while
+        // the lock was held cannot have left it half-updated.
+        self.policy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, job: Job, now: Instant) {
+        self.policy().push(job, now);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.policy().is_empty()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.policy().next_deadline()
+    }
+
+    /// Answers the jobs whose deadline passed or whose client left (504, or nobody).
+    fn evict(&self, now: Instant) {
+        let evicted = self.policy().evict(now);
+        for (job, reason) in evicted {
+            self.dequeued(std::slice::from_ref(&job));
+            let label = match reason {
+                Eviction::Expired => "deadline",
+                Eviction::Cancelled => "cancelled",
+            };
+            // A job that ran out of time in the queue ran at least this late against its plan:
+            // the margin must learn from it most of all.
+            if let (Some(admission), Eviction::Expired) = (&self.admission, reason) {
+                admission.completed(std::slice::from_ref(&job), now);
+            }
+            self.metrics
+                .rejected
+                .with_label_values(&[self.model.as_str(), label])
+                .inc();
+            let waited_ms = now.duration_since(job.enqueued).as_millis() as u64;
+            // A closed receiver means the client is gone: nobody to tell.
+            let _ = job
+                .respond
+                .send(Err(BatchError::DeadlineExceeded { waited_ms }));
+        }
+    }
+
+    /// What an idle instance should do at `now`; a batch returned is off the queue's counts.
+    fn next(&self, now: Instant) -> Decision<Job> {
+        let decision = self.policy().next(now);
+        if let Decision::Run(batch) = &decision {
+            self.dequeued(batch);
+        }
+        decision
+    }
+
+    fn dequeued(&self, jobs: &[Job]) {
+        let images: usize = jobs.iter().map(|job| job.images).sum();
+        if let Some(admission) = &self.admission {
+            for job in jobs {
+                admission.dequeued(job.level, job.images);
+            }
+        }
+        self.queued.fetch_sub(images, Ordering::AcqRel);
+        self.metrics
+            .queue_depth
+            .with_label_values(&[self.model.as_str()])
+            .sub(images as i64);
+    }
+}
+
 struct Scheduler {
-    policy: Policy<Job>,
+    queue: Arc<Queue>,
     /// From request handlers (via [`BatcherHandle::submit`]).
     jobs: mpsc::Receiver<Job>,
-    /// From workers that finished a batch, with their index.
+    /// From workers that found nothing to run after a batch, with their index.
     idle: mpsc::Receiver<usize>,
     /// To each worker.
     workers: Vec<mpsc::Sender<Vec<Job>>>,
     idle_workers: Vec<usize>,
-    queued: Arc<AtomicUsize>,
     /// Told when batches start and end, when admission control is on.
     admission: Option<Arc<Admission>>,
-    metrics: Arc<Metrics>,
     model: String,
 }
 
@@ -539,7 +662,7 @@ impl Scheduler {
         let mut open = true;
         let mut wake: Option<Instant> = None;
         loop {
-            if !open && self.policy.is_empty() {
+            if !open && self.queue.is_empty() {
                 break;
             }
             let sleep = async {
@@ -550,7 +673,7 @@ impl Scheduler {
             };
             tokio::select! {
                 job = self.jobs.recv(), if open => match job {
-                    Some(job) => self.policy.push(job, Instant::now()),
+                    Some(job) => self.queue.push(job, Instant::now()),
                     None => open = false,
                 },
                 Some(worker) = self.idle.recv() => {
@@ -568,31 +691,15 @@ impl Scheduler {
 
     /// Evicts dead jobs, hands batches to idle workers, and returns when to wake next.
     fn dispatch(&mut self, now: Instant) -> Option<Instant> {
-        for (job, reason) in self.policy.evict(now) {
-            self.dequeued(std::slice::from_ref(&job));
-            let label = match reason {
-                Eviction::Expired => "deadline",
-                Eviction::Cancelled => "cancelled",
-            };
-            self.metrics
-                .rejected
-                .with_label_values(&[self.model.as_str(), label])
-                .inc();
-            let waited_ms = now.duration_since(job.enqueued).as_millis() as u64;
-            // A closed receiver means the client is gone: nobody to tell.
-            let _ = job
-                .respond
-                .send(Err(BatchError::DeadlineExceeded { waited_ms }));
-        }
+        self.queue.evict(now);
         while let Some(&worker) = self.idle_workers.last() {
-            match self.policy.next(now) {
+            match self.queue.next(now) {
                 Decision::Run(batch) => {
                     self.idle_workers.pop();
                     let images: usize = batch.iter().map(|job| job.images).sum();
                     if let Some(admission) = &self.admission {
                         admission.started(worker, images, now);
                     }
-                    self.dequeued(&batch);
                     let sent = match self.workers.get(worker) {
                         Some(sender) => sender.try_send(batch).map_err(|error| error.into_inner()),
                         None => Err(batch),
@@ -612,21 +719,7 @@ impl Scheduler {
             }
         }
         // All workers busy: wake for the earliest deadline to answer 504 promptly.
-        self.policy.next_deadline()
-    }
-
-    fn dequeued(&self, jobs: &[Job]) {
-        let images: usize = jobs.iter().map(|job| job.images).sum();
-        if let Some(admission) = &self.admission {
-            for job in jobs {
-                admission.dequeued(job.level, job.images);
-            }
-        }
-        self.queued.fetch_sub(images, Ordering::AcqRel);
-        self.metrics
-            .queue_depth
-            .with_label_values(&[self.model.as_str()])
-            .sub(images as i64);
+        self.queue.next_deadline()
     }
 }
 
@@ -635,8 +728,10 @@ struct Worker {
     backend: Box<dyn Backend>,
     /// From the scheduler.
     batches: mpsc::Receiver<Vec<Job>>,
-    /// To the scheduler, after each batch.
+    /// To the scheduler, after a batch when nothing is ready to run next.
     idle: mpsc::Sender<usize>,
+    /// Where the next batch comes from when one is ready as this one ends.
+    queue: Arc<Queue>,
     /// Told how long each batch took, when admission control is on.
     admission: Option<Arc<Admission>>,
     config: BatcherConfig,
@@ -646,11 +741,30 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let mut input = Vec::new();
-        while let Some(batch) = self.batches.blocking_recv() {
+        let mut next = self.batches.blocking_recv();
+        while let Some(batch) = next {
             self.run_batch(batch, &mut input);
-            if self.idle.blocking_send(self.index).is_err() {
-                break;
+            next = match self.take_ready() {
+                Some(batch) => Some(batch),
+                None if self.idle.blocking_send(self.index).is_err() => None,
+                None => self.batches.blocking_recv(),
+            };
+        }
+    }
+
+    /// The batch to run next, when the queue has one ready now.
+    fn take_ready(&self) -> Option<Vec<Job>> {
+        let now = Instant::now();
+        self.queue.evict(now);
+        match self.queue.next(now) {
+            Decision::Run(batch) => {
+                if let Some(admission) = &self.admission {
+                    let images = batch.iter().map(|job| job.images).sum();
+                    admission.started(self.index, images, now);
+                }
+                Some(batch)
             }
+            Decision::WaitUntil(_) | Decision::Idle => None,
         }
     }
 
@@ -741,7 +855,7 @@ impl Worker {
             let margin = admission.completed(&jobs, Instant::now());
             self.metrics
                 .admission_margin
-                .with_label_values(&[self.config.model.as_str()])
+                .with_label_values(&[self.config.model.as_str(), self.config.version.as_str()])
                 .set(margin);
         }
         let images: usize = jobs.iter().map(|job| job.images).sum();
@@ -790,6 +904,129 @@ mod tests {
         }
     }
 
+    /// Reports each batch's size, then runs it only when the test says go.
+    struct Gated {
+        ran: std::sync::mpsc::Sender<usize>,
+        go: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl Backend for Gated {
+        fn infer(&mut self, _input: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
+            let _ = self.ran.send(batch);
+            self.go
+                .recv()
+                .map_err(|_| BackendError::Run("the test ended".into()))?;
+            Ok(vec![0.5; batch])
+        }
+    }
+
+    fn single_image_job(
+        deadline: Duration,
+    ) -> (Job, oneshot::Receiver<Result<JobOutput, BatchError>>) {
+        let (respond, answer) = oneshot::channel();
+        let now = Instant::now();
+        let job = Job::new(vec![0.0].into(), 1, 0, now, now + deadline, respond);
+        (job, answer)
+    }
+
+    /// A batcher of one [`Gated`] instance, batches of one image: its handle, what ran, and
+    /// the gate.
+    fn gated_batcher() -> (
+        Batcher,
+        BatcherHandle,
+        std::sync::mpsc::Receiver<usize>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (ran_tx, ran) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let config = BatcherConfig {
+            model: "gated".into(),
+            version: "1".into(),
+            limits: Limits {
+                max_batch_size: 1,
+                max_queue_delay: Duration::ZERO,
+                preferred_batch_sizes: vec![],
+                priority_levels: 1,
+            },
+            max_queue_size: 8,
+            tensor_len: 1,
+            classes: 1,
+            admission: None,
+        };
+        let backend = Gated {
+            ran: ran_tx,
+            go: go_rx,
+        };
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let batcher = spawn(vec![Box::new(backend)], config, metrics).unwrap();
+        let handle = batcher.handle().unwrap();
+        (batcher, handle, ran, go)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_worker_runs_the_queued_batches_while_the_scheduler_cannot() {
+        let (batcher, handle, ran, go) = gated_batcher();
+        let mut answers = Vec::new();
+        let (job, answer) = single_image_job(Duration::from_secs(60));
+        handle.submit(job).unwrap();
+        answers.push(answer);
+        // The first job is running (and held there): the next two queue behind it.
+        while ran.try_recv().is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for _ in 0..2 {
+            let (job, answer) = single_image_job(Duration::from_secs(60));
+            handle.submit(job).unwrap();
+            answers.push(answer);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Now hold this runtime's only thread, and with it the scheduler task: the worker
+        // must take the two queued jobs itself.
+        for _ in 0..3 {
+            go.send(()).unwrap();
+        }
+        for _ in 0..2 {
+            let batch = ran.recv_timeout(Duration::from_secs(10));
+            assert_eq!(batch, Ok(1), "the worker waited for the scheduler");
+        }
+        for answer in answers {
+            let output = answer.await.unwrap().unwrap();
+            assert_eq!(output.logits, vec![0.5]);
+        }
+        drop(handle);
+        batcher.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_worker_does_not_run_a_job_past_its_deadline() {
+        let (batcher, handle, ran, go) = gated_batcher();
+        let (first, first_answer) = single_image_job(Duration::from_secs(60));
+        handle.submit(first).unwrap();
+        while ran.try_recv().is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (late, late_answer) = single_image_job(Duration::from_millis(30));
+        handle.submit(late).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Hold the scheduler past the second job's deadline; then the first batch ends, and
+        // its worker must answer the second 504 instead of running it.
+        std::thread::sleep(Duration::from_millis(60));
+        go.send(()).unwrap();
+        assert_eq!(
+            ran.recv_timeout(Duration::from_millis(300)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+            "the late job ran"
+        );
+        assert!(first_answer.await.unwrap().is_ok());
+        let late = late_answer.await.unwrap();
+        assert!(
+            matches!(late, Err(BatchError::DeadlineExceeded { .. })),
+            "{late:?}"
+        );
+        drop(handle);
+        batcher.shutdown().await;
+    }
+
     #[test]
     fn a_job_waits_only_behind_its_own_level_and_those_above() {
         let admission = admission(3, 1);
@@ -811,23 +1048,29 @@ mod tests {
         let admission = admission(1, 1);
         let far = Duration::from_secs(10);
         let target = "is the model's latency target";
+        let calibrated = admission.factors(Instant::now());
         assert_eq!(
-            admission.budget(1, Duration::ZERO, far),
+            admission.budget(1, Duration::ZERO, far, calibrated),
             (Duration::from_millis(100), target)
         );
         // 60 ms spent receiving and decoding leave 40.
         assert_eq!(
-            admission.budget(1, Duration::from_millis(60), far),
+            admission.budget(1, Duration::from_millis(60), far, calibrated),
             (Duration::from_millis(40), target)
         );
         // Past the target, the job's own batch is still allowed: only waiting is refused.
         assert_eq!(
-            admission.budget(2, Duration::from_millis(150), far),
+            admission.budget(2, Duration::from_millis(150), far, calibrated),
             (Duration::from_millis(20), target)
         );
         // A nearer deadline bounds it instead.
         assert_eq!(
-            admission.budget(1, Duration::from_millis(10), Duration::from_millis(30)),
+            admission.budget(
+                1,
+                Duration::from_millis(10),
+                Duration::from_millis(30),
+                calibrated
+            ),
             (Duration::from_millis(30), "remain to the deadline")
         );
     }
@@ -858,14 +1101,23 @@ mod tests {
         let mut jobs: Vec<Job> = (0..latency::PLAN_MIN_JOBS).map(|_| planned(40)).collect();
         jobs.push(unplanned);
         admission.completed(&jobs, admitted + Duration::from_millis(60));
-        assert!((admission.margin() - 1.5).abs() < 1e-9);
+        let factors = admission.factors(admitted + Duration::from_millis(60));
+        assert!((factors.margin - 1.5).abs() < 1e-9);
         // A target below one batch now floors the budget at the wider batch: 10 ms × 1.5.
         assert_eq!(
             admission
-                .budget(1, Duration::from_millis(150), Duration::from_secs(10))
+                .budget(
+                    1,
+                    Duration::from_millis(150),
+                    Duration::from_secs(10),
+                    factors
+                )
                 .0,
             Duration::from_millis(15)
         );
+        // Once the late jobs are forgotten, an idle model's margin is back to 1.
+        let later = admitted + latency::PLAN_MEMORY + Duration::from_secs(1);
+        assert_eq!(admission.factors(later).margin, 1.0);
     }
 
     #[test]

@@ -351,11 +351,12 @@ struct Paired {
     requests: usize,
     /// Failed requests (not in the latencies).
     errors: usize,
-    server_p50_ms: f64,
+    /// `None` when no request succeeded.
+    server_p50_ms: Option<f64>,
     raw_ort_batch1_runs: usize,
-    raw_ort_batch1_p50_ms: f64,
-    /// `server_p50_ms − raw_ort_batch1_p50_ms`.
-    p50_overhead_ms: f64,
+    raw_ort_batch1_p50_ms: Option<f64>,
+    /// `server_p50_ms − raw_ort_batch1_p50_ms`, when both were measured.
+    p50_overhead_ms: Option<f64>,
 }
 
 /// Alternations in [`Paired`].
@@ -403,7 +404,8 @@ async fn paired_concurrency_1(
         raw_ms.extend(runs);
     }
     let (requests, raw_runs) = (server_ms.len(), raw_ms.len());
-    let (server, raw) = (Percentiles::of(server_ms).p50, Percentiles::of(raw_ms).p50);
+    let p50 = |samples: Vec<f64>| (!samples.is_empty()).then(|| Percentiles::of(samples).p50);
+    let (server, raw) = (p50(server_ms), p50(raw_ms));
     Ok((
         baseline,
         Paired {
@@ -413,7 +415,7 @@ async fn paired_concurrency_1(
             server_p50_ms: server,
             raw_ort_batch1_runs: raw_runs,
             raw_ort_batch1_p50_ms: raw,
-            p50_overhead_ms: server - raw,
+            p50_overhead_ms: server.zip(raw).map(|(server, raw)| server - raw),
         },
     ))
 }
@@ -1121,10 +1123,17 @@ async fn main() -> anyhow::Result<()> {
                 args.duration_seconds,
             )
             .await?;
-            eprintln!(
-                "concurrency 1 against raw ORT batch 1, alternating: p50 {:.2} − {:.2} = {:.2} ms",
-                paired.server_p50_ms, paired.raw_ort_batch1_p50_ms, paired.p50_overhead_ms
-            );
+            match (paired.server_p50_ms, paired.raw_ort_batch1_p50_ms) {
+                (Some(server), Some(raw)) => eprintln!(
+                    "concurrency 1 against raw ORT batch 1, alternating: p50 {server:.2} − \
+                     {raw:.2} = {:.2} ms",
+                    server - raw
+                ),
+                _ => eprintln!(
+                    "concurrency 1 against raw ORT batch 1: nothing measured ({} errors)",
+                    paired.errors
+                ),
+            }
             (Some(baseline), Some(paired))
         }
         baseline => (baseline, None),
@@ -1157,7 +1166,7 @@ async fn main() -> anyhow::Result<()> {
         let server = best.server.as_ref()?;
         Some(best.throughput_per_second / raw.images_per_second_near(server.mean_batch_size)?)
     });
-    let p50_overhead = paired.as_ref().map(|paired| paired.p50_overhead_ms);
+    let p50_overhead = paired.as_ref().and_then(|paired| paired.p50_overhead_ms);
     let p50_outside = concurrency_1.and_then(|level| Some(level.stages.as_ref()?.outside_ms.p50));
     let report = Report {
         target: args.target.clone(),

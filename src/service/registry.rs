@@ -643,6 +643,7 @@ async fn load_version(
         backends,
         BatcherConfig {
             model: dir.name.clone(),
+            version: version.to_string(),
             limits: Limits {
                 max_batch_size: batching.max_batch_size,
                 max_queue_delay: batching.max_queue_delay,
