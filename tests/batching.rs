@@ -513,7 +513,19 @@ async fn admission_control_refuses_at_once_what_cannot_meet_its_deadline() {
         .parse()
         .unwrap();
     assert!((0.5..=4.0).contains(&margin), "{margin}");
-    // Unloaded, the version's margin series goes with its batcher.
+    // Reloaded, the version keeps its series (the old batcher stops, the new one serves)...
+    let series = "resnet_serve_admission_margin{model=\"slow\",version=\"1\"}";
+    let reload = server
+        .client
+        .post(server.url("/v2/repository/models/slow/load"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let metrics = server.metrics_text().await;
+    assert!(metrics.contains(series), "{metrics}");
+    // ...and unloaded, it goes.
     let unload = server
         .client
         .post(server.url("/v2/repository/models/slow/unload"))

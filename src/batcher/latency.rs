@@ -191,7 +191,7 @@ pub const PLAN_QUANTILE: f64 = 0.99;
 pub struct PlanErrors {
     /// `(when recorded, actual / planned)`, oldest first.
     ratios: VecDeque<(Instant, f64)>,
-    /// Ratios recorded since `margin` was last computed.
+    /// Ratios recorded or forgotten since `margin` was last computed.
     unsorted: usize,
     /// Whether `margin` is the default, not computed from the window.
     default_margin: bool,
@@ -223,9 +223,9 @@ impl PlanErrors {
         self.unsorted += 1;
     }
 
-    /// Forgets jobs older than [`PLAN_MEMORY`] and returns the margin, recomputed when jobs
-    /// were forgotten or sixteen recorded since (a selection over the window costs a few
-    /// microseconds: call this once per batch, not per job); 1 while fewer than
+    /// Forgets jobs older than [`PLAN_MEMORY`] and returns the margin, recomputed once sixteen
+    /// jobs were recorded or forgotten since (a selection over the window costs a few
+    /// microseconds, and admission asks for the margin per request); 1 while fewer than
     /// [`PLAN_MIN_JOBS`] are remembered.
     pub fn update(&mut self, now: Instant) -> f64 {
         let remembered = self.ratios.len();
@@ -235,11 +235,11 @@ impl PlanErrors {
             }
             self.ratios.pop_front();
         }
-        let forgot = self.ratios.len() < remembered;
+        self.unsorted += remembered - self.ratios.len();
         if self.ratios.len() < PLAN_MIN_JOBS {
             self.margin = 1.0;
             self.default_margin = true;
-        } else if forgot || self.unsorted >= 16 || self.default_margin {
+        } else if self.unsorted >= 16 || self.default_margin {
             let mut ratios: Vec<f64> = self.ratios.iter().map(|(_, ratio)| *ratio).collect();
             let index = quantile_index(ratios.len());
             let (_, quantile, _) = ratios.select_nth_unstable_by(index, f64::total_cmp);

@@ -198,6 +198,8 @@ struct Admission {
     slowdown: Mutex<Slowdown>,
     /// How far admitted jobs ran from their plans: the margin on plans.
     plan_errors: Mutex<PlanErrors>,
+    /// This version's `resnet_serve_admission_margin` series, set whenever the margin is.
+    margin_gauge: prometheus::Gauge,
     /// Images queued at each priority level: a job waits only behind its own level and those
     /// above it.
     queued_by_level: Vec<AtomicUsize>,
@@ -253,10 +255,13 @@ impl Admission {
     /// The factor on plans that recent jobs' lateness calls for `now` (after an idle spell,
     /// one that forgot the jobs of a slow one).
     fn margin(&self, now: Instant) -> f64 {
-        self.plan_errors
+        let margin = self
+            .plan_errors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .update(now)
+            .update(now);
+        self.margin_gauge.set(margin);
+        margin
     }
 
     /// The learnt factors, read once for one admission.
@@ -268,20 +273,23 @@ impl Admission {
     }
 
     /// `jobs` have their results (or, expired in the queue, their 504) `now`: how long they
-    /// took against their plans. Returns the margin.
-    fn completed(&self, jobs: &[Job], now: Instant) -> f64 {
-        let mut errors = self
-            .plan_errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for plan in jobs.iter().filter_map(|job| job.plan) {
-            errors.record(
-                plan.expected,
-                now.saturating_duration_since(plan.admitted),
-                now,
-            );
-        }
-        errors.update(now)
+    /// took against their plans.
+    fn completed(&self, jobs: &[Job], now: Instant) {
+        let margin = {
+            let mut errors = self
+                .plan_errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for plan in jobs.iter().filter_map(|job| job.plan) {
+                errors.record(
+                    plan.expected,
+                    now.saturating_duration_since(plan.admitted),
+                    now,
+                );
+            }
+            errors.update(now)
+        };
+        self.margin_gauge.set(margin);
     }
 
     /// What a job of `images` may still take, and what bounds it: what is left of the target
@@ -440,9 +448,6 @@ pub struct Batcher {
     handle: Option<BatcherHandle>,
     scheduler: tokio::task::JoinHandle<()>,
     workers: Vec<std::thread::JoinHandle<()>>,
-    metrics: Arc<Metrics>,
-    /// Model and version: the labels of this batcher's own series.
-    labels: [String; 2],
 }
 
 impl Batcher {
@@ -469,11 +474,6 @@ impl Batcher {
         if joined.await.is_err() {
             tracing::error!("cannot join model worker threads");
         }
-        // Absent without a latency target: nothing to remove then.
-        let _ = self
-            .metrics
-            .admission_margin
-            .remove_label_values(&[self.labels[0].as_str(), self.labels[1].as_str()]);
     }
 }
 
@@ -499,6 +499,16 @@ pub fn spawn(
                 busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
                 slowdown: Mutex::new(Slowdown::default()),
                 plan_errors: Mutex::new(PlanErrors::default()),
+                // The series lives while the version is loaded: the registry removes it when
+                // the version is unloaded (a batcher replaced by a reload of the same version
+                // shares it with its successor, so stopping does not remove it).
+                margin_gauge: {
+                    let gauge = metrics
+                        .admission_margin
+                        .with_label_values(&[config.model.as_str(), config.version.as_str()]);
+                    gauge.set(1.0);
+                    gauge
+                },
                 queued_by_level: (0..config.limits.priority_levels.max(1))
                     .map(|_| AtomicUsize::new(0))
                     .collect(),
@@ -556,8 +566,6 @@ pub fn spawn(
         handle: Some(handle),
         scheduler: tokio::spawn(scheduler.run()),
         workers,
-        metrics,
-        labels: [config.model, config.version],
     })
 }
 
@@ -646,7 +654,8 @@ struct Scheduler {
     queue: Arc<Queue>,
     /// From request handlers (via [`BatcherHandle::submit`]).
     jobs: mpsc::Receiver<Job>,
-    /// From workers that found nothing to run after a batch, with their index.
+    /// From workers that found nothing to run after a batch (and told admission they are
+    /// idle), with their index.
     idle: mpsc::Receiver<usize>,
     /// To each worker.
     workers: Vec<mpsc::Sender<Vec<Job>>>,
@@ -676,12 +685,7 @@ impl Scheduler {
                     Some(job) => self.queue.push(job, Instant::now()),
                     None => open = false,
                 },
-                Some(worker) = self.idle.recv() => {
-                    if let Some(admission) = &self.admission {
-                        admission.finished(worker);
-                    }
-                    self.idle_workers.push(worker);
-                }
+                Some(worker) = self.idle.recv() => self.idle_workers.push(worker),
                 () = sleep => {}
             }
             wake = self.dispatch(Instant::now());
@@ -746,8 +750,17 @@ impl Worker {
             self.run_batch(batch, &mut input);
             next = match self.take_ready() {
                 Some(batch) => Some(batch),
-                None if self.idle.blocking_send(self.index).is_err() => None,
-                None => self.batches.blocking_recv(),
+                None => {
+                    // Idle from now on for admission, however long the scheduler takes to
+                    // hear of it.
+                    if let Some(admission) = &self.admission {
+                        admission.finished(self.index);
+                    }
+                    match self.idle.blocking_send(self.index) {
+                        Ok(()) => self.batches.blocking_recv(),
+                        Err(_) => None,
+                    }
+                }
             };
         }
     }
@@ -852,11 +865,7 @@ impl Worker {
     /// Hands each job its rows of `logits`.
     fn answer(&self, jobs: Vec<Job>, logits: &[f32], started: Instant, infer: Duration) {
         if let Some(admission) = &self.admission {
-            let margin = admission.completed(&jobs, Instant::now());
-            self.metrics
-                .admission_margin
-                .with_label_values(&[self.config.model.as_str(), self.config.version.as_str()])
-                .set(margin);
+            admission.completed(&jobs, Instant::now());
         }
         let images: usize = jobs.iter().map(|job| job.images).sum();
         self.metrics
@@ -900,6 +909,7 @@ mod tests {
             busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
             slowdown: Mutex::new(Slowdown::default()),
             plan_errors: Mutex::new(PlanErrors::default()),
+            margin_gauge: prometheus::Gauge::new("margin", "test").unwrap(),
             queued_by_level: (0..levels).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
@@ -1009,7 +1019,8 @@ mod tests {
         handle.submit(late).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         // Hold the scheduler past the second job's deadline; then the first batch ends, and
-        // its worker must answer the second 504 instead of running it.
+        // its worker, taking its next batch itself, must answer the second 504 instead of
+        // running it. (A scheduler that hands out every batch passes too: it evicts first.)
         std::thread::sleep(Duration::from_millis(60));
         go.send(()).unwrap();
         assert_eq!(

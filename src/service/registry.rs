@@ -428,6 +428,11 @@ impl Registry {
                     .model_ready
                     .with_label_values(&[name, &version.to_string()])
                     .set(0);
+                // Absent unless the failed batcher had a latency target.
+                let _ = self
+                    .metrics
+                    .admission_margin
+                    .remove_label_values(&[name, &version.to_string()]);
             }
         }
     }
@@ -447,6 +452,11 @@ impl Registry {
             .model_ready
             .with_label_values(&[name, &version.to_string()])
             .set(0);
+        // The batcher's late answers go to its own handle of the series, which stays removed.
+        let _ = self
+            .metrics
+            .admission_margin
+            .remove_label_values(&[name, &version.to_string()]);
         let batcher = self
             .batchers
             .lock()
