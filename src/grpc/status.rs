@@ -1,5 +1,6 @@
 //! The one mapping from service errors to gRPC status codes (DESIGN §4.2).
 
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::error::ServiceError;
@@ -34,10 +35,34 @@ pub fn status(error: &ServiceError) -> Status {
     };
     if code == Code::Internal {
         tracing::error!(%error, "gRPC request failed");
-        Status::new(code, "internal error")
-    } else {
-        tracing::info!(%error, ?code, "gRPC request refused");
-        Status::new(code, error.to_string())
+        return Status::new(code, "internal error");
+    }
+    tracing::info!(%error, ?code, "gRPC request refused");
+    let mut status = Status::new(code, error.to_string());
+    if let Some(pushback) = retry_pushback_ms(error) {
+        status
+            .metadata_mut()
+            .insert(RETRY_PUSHBACK, MetadataValue::from(pushback));
+    }
+    status
+}
+
+/// gRPC's server pushback (proposal A6): clients with a retry policy wait this many
+/// milliseconds before retrying; the counterpart of REST's `Retry-After`.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// How long a refused request should wait before it is worth sending again: a full queue, a
+/// second (as REST's `Retry-After: 1`); work ahead past the request's bound, the excess, by
+/// when that much of the queue has run.
+fn retry_pushback_ms(error: &ServiceError) -> Option<u64> {
+    match error {
+        ServiceError::QueueFull { .. } => Some(1000),
+        ServiceError::WouldMissDeadline {
+            expected_ms,
+            budget_ms,
+            ..
+        } => Some(expected_ms.saturating_sub(*budget_ms).max(1)),
+        _ => None,
     }
 }
 
@@ -87,6 +112,27 @@ mod tests {
             status(&ServiceError::DeadlineExceeded { timeout_ms: 1 }).code(),
             Code::DeadlineExceeded
         );
+        // Refusals say when a retry is worth it; other errors do not.
+        let pushback = |error: &ServiceError| {
+            status(error)
+                .metadata()
+                .get(RETRY_PUSHBACK)
+                .map(|value| value.to_str().unwrap().to_string())
+        };
+        let full = ServiceError::QueueFull {
+            model: "m".into(),
+            capacity: 1,
+        };
+        assert_eq!(pushback(&full).as_deref(), Some("1000"));
+        let late = ServiceError::WouldMissDeadline {
+            model: "m".into(),
+            expected_ms: 340,
+            budget_ms: 125,
+            bound: "is the model's latency target",
+        };
+        assert_eq!(status(&late).code(), Code::ResourceExhausted);
+        assert_eq!(pushback(&late).as_deref(), Some("215"));
+        assert_eq!(pushback(&ServiceError::ShuttingDown), None);
         assert_eq!(
             status(&ServiceError::ShuttingDown).code(),
             Code::Unavailable
