@@ -418,6 +418,21 @@ mod tests {
     }
 
     #[test]
+    fn forgetting_counts_toward_the_next_recomputation() {
+        let (mut errors, start) = (PlanErrors::default(), Instant::now());
+        record_many(&mut errors, 15, 100, 300, start);
+        let later = start + ms(1000);
+        record_many(&mut errors, 100, 100, 100, later);
+        assert!((errors.update(later) - 3.0).abs() < 1e-9);
+        // The fifteen slow jobs are forgotten: fewer than sixteen changes, no recomputation...
+        let forgotten = start + PLAN_MEMORY + ms(1);
+        assert!((errors.update(forgotten) - 3.0).abs() < 1e-9);
+        // ...until one more job makes sixteen.
+        errors.record(ms(100), ms(100), forgotten);
+        assert!((errors.update(forgotten) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
     fn the_margin_waits_for_enough_jobs_and_moves_in_steps() {
         let (mut errors, now) = (PlanErrors::default(), Instant::now());
         // Too few jobs to say anything; nothing learnt from a zero plan.

@@ -106,6 +106,12 @@ pub struct JobOutput {
     pub batch_size: usize,
 }
 
+/// [`BatchError::WouldMissDeadline`]'s bound when the request's own deadline is the nearer.
+pub const DEADLINE_BOUND: &str = "remain to the deadline";
+
+/// [`BatchError::WouldMissDeadline`]'s bound when the model's latency target is the nearer.
+pub const TARGET_BOUND: &str = "is the model's latency target";
+
 /// Why a job did not run.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BatchError {
@@ -309,9 +315,9 @@ impl Admission {
         );
         let target = self.target.saturating_sub(spent).max(own_batch);
         if target < to_deadline {
-            (target, "is the model's latency target")
+            (target, TARGET_BOUND)
         } else {
-            (to_deadline, "remain to the deadline")
+            (to_deadline, DEADLINE_BOUND)
         }
     }
 

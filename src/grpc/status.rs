@@ -3,6 +3,7 @@
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+use crate::batcher::DEADLINE_BOUND;
 use crate::error::ServiceError;
 use crate::preprocess::PreprocessError;
 
@@ -52,16 +53,23 @@ pub fn status(error: &ServiceError) -> Status {
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
 /// How long a refused request should wait before it is worth sending again: a full queue, a
-/// second (as REST's `Retry-After: 1`); work ahead past the request's bound, the excess, by
-/// when that much of the queue has run.
-fn retry_pushback_ms(error: &ServiceError) -> Option<u64> {
+/// second (as REST's `Retry-After: 1`); work ahead past the latency target, the excess, by
+/// when that much of the queue has run. Work ahead past the call's own deadline: -1, which
+/// asks the client not to retry, since the deadline covers every attempt and shrinks as fast
+/// as the queue drains.
+fn retry_pushback_ms(error: &ServiceError) -> Option<i64> {
     match error {
         ServiceError::QueueFull { .. } => Some(1000),
+        ServiceError::WouldMissDeadline { bound, .. } if *bound == DEADLINE_BOUND => Some(-1),
         ServiceError::WouldMissDeadline {
             expected_ms,
             budget_ms,
             ..
-        } => Some(expected_ms.saturating_sub(*budget_ms).max(1)),
+        } => Some(
+            i64::try_from(expected_ms.saturating_sub(*budget_ms))
+                .unwrap_or(i64::MAX)
+                .max(1),
+        ),
         _ => None,
     }
 }
@@ -87,6 +95,7 @@ pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batcher::TARGET_BOUND;
 
     #[test]
     fn maps_the_design_table() {
@@ -128,10 +137,17 @@ mod tests {
             model: "m".into(),
             expected_ms: 340,
             budget_ms: 125,
-            bound: "is the model's latency target",
+            bound: TARGET_BOUND,
         };
         assert_eq!(status(&late).code(), Code::ResourceExhausted);
         assert_eq!(pushback(&late).as_deref(), Some("215"));
+        let past_deadline = ServiceError::WouldMissDeadline {
+            model: "m".into(),
+            expected_ms: 340,
+            budget_ms: 125,
+            bound: DEADLINE_BOUND,
+        };
+        assert_eq!(pushback(&past_deadline).as_deref(), Some("-1"));
         assert_eq!(pushback(&ServiceError::ShuttingDown), None);
         assert_eq!(
             status(&ServiceError::ShuttingDown).code(),

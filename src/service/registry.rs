@@ -558,6 +558,10 @@ pub async fn load(
                         .model_ready
                         .with_label_values(&[dir.name.as_str(), &version.to_string()])
                         .set(0);
+                    // Its batcher (stopped) may have created the series; it never served.
+                    let _ = metrics
+                        .admission_margin
+                        .remove_label_values(&[dir.name.as_str(), &version.to_string()]);
                     VersionEntry {
                         state: VersionState::Unavailable(reason),
                         loaded: None,
