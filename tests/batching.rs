@@ -515,24 +515,20 @@ async fn admission_control_refuses_at_once_what_cannot_meet_its_deadline() {
     assert!((0.5..=4.0).contains(&margin), "{margin}");
     // Reloaded, the version keeps its series (the old batcher stops, the new one serves)...
     let series = "resnet_serve_admission_margin{model=\"slow\",version=\"1\"}";
-    let reload = server
-        .client
-        .post(server.url("/v2/repository/models/slow/load"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reload.status(), 200);
+    assert_eq!(
+        server.post_status("/v2/repository/models/slow/load").await,
+        200
+    );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let metrics = server.metrics_text().await;
     assert!(metrics.contains(series), "{metrics}");
     // ...and unloaded, it goes.
-    let unload = server
-        .client
-        .post(server.url("/v2/repository/models/slow/unload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unload.status(), 200);
+    assert_eq!(
+        server
+            .post_status("/v2/repository/models/slow/unload")
+            .await,
+        200
+    );
     let mut metrics = server.metrics_text().await;
     for _ in 0..100 {
         if !metrics.contains("resnet_serve_admission_margin{") {

@@ -29,17 +29,6 @@ async fn classify_version(server: &TestServer) -> (u16, String) {
     )
 }
 
-async fn post(server: &TestServer, path: &str) -> u16 {
-    server
-        .client
-        .post(server.url(path))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_rolls_out_a_new_version_without_failing_a_request() {
     let repository = Repository::new().model("slow", &slow_model_dir(), None);
@@ -59,7 +48,10 @@ async fn load_rolls_out_a_new_version_without_failing_a_request() {
         })
     };
     copy_version(&repository, 1, 2);
-    assert_eq!(post(&server, "/v2/repository/models/slow/load").await, 200);
+    assert_eq!(
+        server.post_status("/v2/repository/models/slow/load").await,
+        200
+    );
     assert_eq!(classify_version(&server).await, (200, "2".into()));
     done.store(true, Ordering::Release);
     let statuses = traffic.await.unwrap();
@@ -115,11 +107,16 @@ async fn load_rolls_out_a_new_version_without_failing_a_request() {
 
     // Unload takes the model out of service; strict readiness is unaffected by an unload on request.
     assert_eq!(
-        post(&server, "/v2/repository/models/slow/unload").await,
+        server
+            .post_status("/v2/repository/models/slow/unload")
+            .await,
         200
     );
     assert_eq!(classify_version(&server).await.0, 503);
-    assert_eq!(post(&server, "/v2/repository/models/nope/load").await, 404);
+    assert_eq!(
+        server.post_status("/v2/repository/models/nope/load").await,
+        404
+    );
     let server = Arc::into_inner(server).unwrap();
     server.stop().await;
 }
@@ -140,7 +137,10 @@ async fn polling_picks_up_a_new_version() {
     }
     assert_eq!(version, "2");
     // Without --enable-model-control, explicit load stays off.
-    assert_eq!(post(&server, "/v2/repository/models/slow/load").await, 501);
+    assert_eq!(
+        server.post_status("/v2/repository/models/slow/load").await,
+        501
+    );
     server.stop().await;
 }
 
@@ -165,7 +165,7 @@ async fn model_names_and_versions_cannot_reach_outside_the_repository() {
             format!("/v2/repository/models/{name}/load"),
             format!("/v2/repository/models/{name}/unload"),
         ] {
-            let status = post(&server, &path).await;
+            let status = server.post_status(&path).await;
             assert!(matches!(status, 400 | 404), "{path}: {status}");
         }
         let ready = server.get_status(&format!("/v2/models/{name}/ready")).await;

@@ -163,6 +163,12 @@ impl TestServer {
         response.status().as_u16()
     }
 
+    /// The status of an empty `POST path`.
+    pub async fn post_status(&self, path: &str) -> u16 {
+        let response = self.client.post(self.url(path)).send().await.unwrap();
+        response.status().as_u16()
+    }
+
     /// POSTs raw bytes to /classify with a content type.
     pub async fn classify_raw(
         &self,
