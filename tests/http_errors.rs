@@ -362,6 +362,11 @@ async fn bad_input_gets_the_right_status_and_a_clear_message() {
         metrics.contains("resnet_serve_images_total{model=\"slow\"}"),
         "{metrics}"
     );
+    // Without a latency target there is no admission margin to show.
+    assert!(
+        !metrics.contains("resnet_serve_admission_margin{"),
+        "{metrics}"
+    );
     assert_eq!(server.get_status("/health/ready").await, 200);
     server.stop().await;
 }

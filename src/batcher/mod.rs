@@ -151,8 +151,6 @@ pub enum BatchError {
 pub struct BatcherConfig {
     /// Metric label (model name).
     pub model: String,
-    /// Metric label of the version, for what is learnt per version (the admission margin).
-    pub version: String,
     /// Policy limits.
     pub limits: Limits,
     /// Images that may wait before submissions get [`BatchError::QueueFull`].
@@ -204,8 +202,11 @@ struct Admission {
     slowdown: Mutex<Slowdown>,
     /// How far admitted jobs ran from their plans: the margin on plans.
     plan_errors: Mutex<PlanErrors>,
-    /// This version's `resnet_serve_admission_margin` series, set whenever the margin is.
-    margin_gauge: prometheus::Gauge,
+    /// The `resnet_serve_admission_margin` series this batcher writes whenever the margin
+    /// changes: none until the registry puts the version in service, and none again once it
+    /// is replaced or unloaded, so a batcher warming up or draining beside the one serving
+    /// the same version never shows its own margin there.
+    margin_series: Mutex<Option<prometheus::Gauge>>,
     /// Images queued at each priority level: a job waits only behind its own level and those
     /// above it.
     queued_by_level: Vec<AtomicUsize>,
@@ -266,8 +267,22 @@ impl Admission {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .update(now);
-        self.margin_gauge.set(margin);
+        self.show_margin(margin);
         margin
+    }
+
+    fn margin_series(&self) -> std::sync::MutexGuard<'_, Option<prometheus::Gauge>> {
+        // Only ever replaced whole: a panic elsewhere cannot leave it half-written.
+        self.margin_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes `margin` to the published series, if any.
+    fn show_margin(&self, margin: f64) {
+        if let Some(series) = self.margin_series().as_ref() {
+            series.set(margin);
+        }
     }
 
     /// The learnt factors, read once for one admission.
@@ -295,7 +310,7 @@ impl Admission {
             }
             errors.update(now)
         };
-        self.margin_gauge.set(margin);
+        self.show_margin(margin);
     }
 
     /// What a job of `images` may still take, and what bounds it: what is left of the target
@@ -452,6 +467,7 @@ impl BatcherHandle {
 /// A running batcher: scheduler task plus worker threads.
 pub struct Batcher {
     handle: Option<BatcherHandle>,
+    admission: Option<Arc<Admission>>,
     scheduler: tokio::task::JoinHandle<()>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -460,6 +476,26 @@ impl Batcher {
     /// A handle for submitting jobs.
     pub fn handle(&self) -> Option<BatcherHandle> {
         self.handle.clone()
+    }
+
+    /// From now on, shows the admission margin in the series of `margins` with `labels`
+    /// (set to the current margin at once); a batcher without a latency target has no margin
+    /// and creates no series.
+    pub fn publish_margin(&self, margins: &prometheus::GaugeVec, labels: &[&str]) {
+        if let Some(admission) = &self.admission {
+            let series = margins.with_label_values(labels);
+            series.set(admission.margin(Instant::now()));
+            *admission.margin_series() = Some(series);
+        }
+    }
+
+    /// Stops writing the series given to [`Batcher::publish_margin`]: the version was
+    /// replaced or unloaded, and what this batcher learns while it drains is not the
+    /// version's margin any more.
+    pub fn withdraw_margin(&self) {
+        if let Some(admission) = &self.admission {
+            *admission.margin_series() = None;
+        }
     }
 
     /// Stops accepting jobs, runs what is queued, and joins the workers. Other handles must
@@ -505,16 +541,7 @@ pub fn spawn(
                 busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
                 slowdown: Mutex::new(Slowdown::default()),
                 plan_errors: Mutex::new(PlanErrors::default()),
-                // The series lives while the version is loaded: the registry removes it when
-                // the version is unloaded (a batcher replaced by a reload of the same version
-                // shares it with its successor, so stopping does not remove it).
-                margin_gauge: {
-                    let gauge = metrics
-                        .admission_margin
-                        .with_label_values(&[config.model.as_str(), config.version.as_str()]);
-                    gauge.set(1.0);
-                    gauge
-                },
+                margin_series: Mutex::new(None),
                 queued_by_level: (0..config.limits.priority_levels.max(1))
                     .map(|_| AtomicUsize::new(0))
                     .collect(),
@@ -565,11 +592,12 @@ pub fn spawn(
         capacity: config.max_queue_size,
         metrics: metrics.clone(),
         model: config.model.clone(),
-        admission,
+        admission: admission.clone(),
         enforce_admission: true,
     };
     Ok(Batcher {
         handle: Some(handle),
+        admission,
         scheduler: tokio::spawn(scheduler.run()),
         workers,
     })
@@ -915,7 +943,7 @@ mod tests {
             busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
             slowdown: Mutex::new(Slowdown::default()),
             plan_errors: Mutex::new(PlanErrors::default()),
-            margin_gauge: prometheus::Gauge::new("margin", "test").unwrap(),
+            margin_series: Mutex::new(None),
             queued_by_level: (0..levels).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
@@ -947,7 +975,9 @@ mod tests {
 
     /// A batcher of one [`Gated`] instance, batches of one image: its handle, what ran, and
     /// the gate.
-    fn gated_batcher() -> (
+    fn gated_batcher(
+        admission: Option<LatencyTarget>,
+    ) -> (
         Batcher,
         BatcherHandle,
         std::sync::mpsc::Receiver<usize>,
@@ -957,7 +987,6 @@ mod tests {
         let (go, go_rx) = std::sync::mpsc::channel();
         let config = BatcherConfig {
             model: "gated".into(),
-            version: "1".into(),
             limits: Limits {
                 max_batch_size: 1,
                 max_queue_delay: Duration::ZERO,
@@ -967,7 +996,7 @@ mod tests {
             max_queue_size: 8,
             tensor_len: 1,
             classes: 1,
-            admission: None,
+            admission,
         };
         let backend = Gated {
             ran: ran_tx,
@@ -981,7 +1010,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_worker_runs_the_queued_batches_while_the_scheduler_cannot() {
-        let (batcher, handle, ran, go) = gated_batcher();
+        let (batcher, handle, ran, go) = gated_batcher(None);
         let mut answers = Vec::new();
         let (job, answer) = single_image_job(Duration::from_secs(60));
         handle.submit(job).unwrap();
@@ -1015,7 +1044,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_worker_does_not_run_a_job_past_its_deadline() {
-        let (batcher, handle, ran, go) = gated_batcher();
+        let (batcher, handle, ran, go) = gated_batcher(None);
         let (first, first_answer) = single_image_job(Duration::from_secs(60));
         handle.submit(first).unwrap();
         while ran.try_recv().is_err() {
@@ -1040,6 +1069,42 @@ mod tests {
             matches!(late, Err(BatchError::DeadlineExceeded { .. })),
             "{late:?}"
         );
+        drop(handle);
+        batcher.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_the_batcher_in_service_shows_its_margin() {
+        let profile = LatencyProfile::new(vec![(1, Duration::from_millis(10))]).unwrap();
+        let target = Duration::from_secs(10);
+        let (batcher, handle, _ran, go) = gated_batcher(Some(LatencyTarget { profile, target }));
+        let margins =
+            prometheus::GaugeVec::new(prometheus::Opts::new("margin", "test"), &["v"]).unwrap();
+        let series = margins.with_label_values(&["1"]);
+        let mut answers = Vec::new();
+        let mut submit = || {
+            let (job, answer) = single_image_job(Duration::from_secs(60));
+            handle.submit(job).unwrap();
+            answers.push(answer);
+        };
+        // Warming up, before the registry puts it in service: admission leaves the series.
+        submit();
+        batcher.publish_margin(&margins, &["1"]);
+        assert_eq!(series.get(), 1.0);
+        series.set(0.0);
+        submit();
+        assert_eq!(series.get(), 1.0, "admission did not show the margin");
+        // Replaced by a reload: neither admission nor the answers of its drain show it.
+        batcher.withdraw_margin();
+        series.set(0.0);
+        submit();
+        for _ in 0..3 {
+            go.send(()).unwrap();
+        }
+        for answer in answers {
+            answer.await.unwrap().unwrap();
+        }
+        assert_eq!(series.get(), 0.0);
         drop(handle);
         batcher.shutdown().await;
     }

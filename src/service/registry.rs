@@ -383,11 +383,18 @@ impl Registry {
     /// Puts a loaded version in service, replacing (and then stopping) any previous instance.
     fn install(&self, name: &str, version: u64, loaded: LoadedModel, batcher: Batcher) {
         tracing::info!(model = name, version, "model version in service");
-        let previous = self
-            .batchers
-            .lock()
-            .ok()
-            .and_then(|mut batchers| batchers.insert((name.to_string(), version), batcher));
+        let label = version.to_string();
+        let previous = self.batchers.lock().ok().and_then(|mut batchers| {
+            let previous = batchers.remove(&(name.to_string(), version));
+            // The draining batcher lets go of the version's series before its successor
+            // takes it.
+            if let Some(previous) = &previous {
+                previous.withdraw_margin();
+            }
+            batcher.publish_margin(&self.metrics.admission_margin, &[name, &label]);
+            batchers.insert((name.to_string(), version), batcher);
+            previous
+        });
         if let Ok(mut models) = self.models.write() {
             let versions = models.entry(name.to_string()).or_default();
             // The placeholder for "no loadable version" goes once a version loads.
@@ -402,7 +409,7 @@ impl Registry {
         }
         self.metrics
             .model_ready
-            .with_label_values(&[name, &version.to_string()])
+            .with_label_values(&[name, &label])
             .set(1);
         if let Some(previous) = previous {
             tokio::spawn(previous.shutdown());
@@ -428,11 +435,6 @@ impl Registry {
                     .model_ready
                     .with_label_values(&[name, &version.to_string()])
                     .set(0);
-                // Absent unless the failed batcher had a latency target.
-                let _ = self
-                    .metrics
-                    .admission_margin
-                    .remove_label_values(&[name, &version.to_string()]);
             }
         }
     }
@@ -452,11 +454,6 @@ impl Registry {
             .model_ready
             .with_label_values(&[name, &version.to_string()])
             .set(0);
-        // The batcher's late answers go to its own handle of the series, which stays removed.
-        let _ = self
-            .metrics
-            .admission_margin
-            .remove_label_values(&[name, &version.to_string()]);
         let batcher = self
             .batchers
             .lock()
@@ -465,6 +462,12 @@ impl Registry {
         if let Some(batcher) = batcher {
             tokio::spawn(batcher.shutdown());
         }
+        // Absent unless the version had a latency target. The draining batcher's handle is
+        // detached from the registry now: a later load of this version starts a new series.
+        let _ = self
+            .metrics
+            .admission_margin
+            .remove_label_values(&[name, &version.to_string()]);
     }
 
     /// Reloads what changed on disk: models whose served versions differ from those in
@@ -538,6 +541,8 @@ pub async fn load(
             let started = Instant::now();
             let entry = match load_version(dir, version, options, pool, metrics).await {
                 Ok((loaded, batcher)) => {
+                    let label = version.to_string();
+                    batcher.publish_margin(&metrics.admission_margin, &[&dir.name, &label]);
                     batchers.insert((dir.name.clone(), version), batcher);
                     tracing::info!(
                         model = %dir.name, version, device = %loaded.device,
@@ -545,7 +550,7 @@ pub async fn load(
                     );
                     metrics
                         .model_ready
-                        .with_label_values(&[dir.name.as_str(), &version.to_string()])
+                        .with_label_values(&[dir.name.as_str(), &label])
                         .set(1);
                     VersionEntry {
                         state: VersionState::Ready,
@@ -558,10 +563,6 @@ pub async fn load(
                         .model_ready
                         .with_label_values(&[dir.name.as_str(), &version.to_string()])
                         .set(0);
-                    // Its batcher (stopped) may have created the series; it never served.
-                    let _ = metrics
-                        .admission_margin
-                        .remove_label_values(&[dir.name.as_str(), &version.to_string()]);
                     VersionEntry {
                         state: VersionState::Unavailable(reason),
                         loaded: None,
@@ -657,7 +658,6 @@ async fn load_version(
         backends,
         BatcherConfig {
             model: dir.name.clone(),
-            version: version.to_string(),
             limits: Limits {
                 max_batch_size: batching.max_batch_size,
                 max_queue_delay: batching.max_queue_delay,
