@@ -6,7 +6,8 @@ served against 2 x the chosen batch's latency, and how much was refused at admis
 
     scripts/bench_latency_target.py [--target-p99-ms 250] [--seconds 20] [--deadline-ms 500]
 
-Writes target/bench-latency-target/{summary.json, peak/, load/}.
+Writes target/bench-latency-target/{summary.json, peak/, load/}, and batches.json: every batch's
+time against its calibrated time, from the server's debug log, for scripts/admission_replay.py.
 """
 
 import argparse
@@ -29,7 +30,8 @@ def main():
     args = parser.parse_args()
     binaries = release_binaries()
     repository = resnet50_repository()
-    server = Server(binaries / "resnet-serve", repository, "--target-p99-ms", args.target_p99_ms)
+    server = Server(binaries / "resnet-serve", repository, "--target-p99-ms", args.target_p99_ms,
+                    log="info,ort=warn,resnet_serve::batcher=debug")
     try:
         server.wait_ready()
         with urllib.request.urlopen(f"http://{server.http}/v2/models/resnet50/config") as response:
@@ -86,6 +88,9 @@ def main():
                "measured_batch_latency_ms": measured, "peak_per_second": peak,
                "admission_margin_at_end": margin, "levels": rows}
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
+    (OUT / "batches.json").write_text(json.dumps([
+        [round(at, 6), fields["images"], fields["infer_ms"], fields["calibrated_ms"]]
+        for at, fields in server.batches]))
     print(json.dumps(summary, indent=1))
 
 

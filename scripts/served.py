@@ -1,7 +1,9 @@
 """A resnet-serve process started by a script: its addresses and log events (from the JSON
 log), readiness, and resident memory. Shared by the benchmark and soak scripts."""
 
+import datetime
 import json
+import os
 import pathlib
 import subprocess
 import threading
@@ -15,16 +17,21 @@ EVENTS = ("ONNX Runtime sessions built", "batching calibrated", "model ready", "
 
 
 class Server:
-    """`binary --model-repository repository` on ephemeral ports, plus `extra` flags."""
+    """`binary --model-repository repository` on ephemeral ports, plus `extra` flags; `log`
+    is its RUST_LOG."""
 
-    def __init__(self, binary, repository, *extra):
+    def __init__(self, binary, repository, *extra, log=None):
         self.started = time.monotonic()
+        env = dict(os.environ, RUST_LOG=log) if log else None
         self.process = subprocess.Popen(
             [str(binary), "--model-repository", str(repository), "--host", "127.0.0.1",
              "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
              "--log-format", "json", *map(str, extra)],
-            stdout=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, text=True, env=env)
         self.events = {}
+        # The batcher's "batch timed" events (logged at debug level): (seconds since the
+        # epoch when logged, its fields).
+        self.batches = []
         self.http = self.grpc = self.metrics = None
         self._listening = threading.Event()
         # Reading the whole log also keeps the server from blocking on a full pipe.
@@ -35,8 +42,11 @@ class Server:
 
     def _read_log(self):
         for line in self.process.stdout:
-            fields = json.loads(line).get("fields", {})
+            event = json.loads(line)
+            fields = event.get("fields", {})
             message = fields.get("message", "")
+            if message == "batch timed":
+                self.batches.append((timestamp(event["timestamp"]), fields))
             if message in EVENTS:
                 self.events[message] = fields.get("seconds", time.monotonic() - self.started)
             if "http_address" in fields:
@@ -69,6 +79,13 @@ class Server:
     def stop(self):
         self.process.terminate()
         self.process.wait(60)
+
+
+def timestamp(text):
+    """Seconds since the epoch of a log line's RFC 3339 timestamp (to the microsecond)."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc)
+    return seconds.timestamp() + float("0." + (fraction or "0"))
 
 
 def release_binaries():

@@ -336,11 +336,13 @@ impl Admission {
         }
     }
 
-    /// A batch of `images` took `actual`: corrects later estimates.
-    fn observed(&self, images: usize, actual: Duration) {
+    /// A batch of `images` took `actual`: corrects later estimates. Returns its calibrated
+    /// time.
+    fn observed(&self, images: usize, actual: Duration) -> Duration {
         let estimated = self.profile.estimate(images);
         let mut slowdown = self.slowdown.lock().unwrap_or_else(PoisonError::into_inner);
         *slowdown = slowdown.updated(estimated, actual);
+        estimated
     }
 
     /// Worker `index` started a batch of `images`.
@@ -826,10 +828,19 @@ impl Worker {
         }
         let result = self.infer(&batch, input);
         let infer = started.elapsed();
-        if let Some(admission) = &self.admission {
-            admission.observed(images, infer);
-        }
         let model = self.config.model.as_str();
+        if let Some(admission) = &self.admission {
+            let calibrated = admission.observed(images, infer);
+            // The machine's speed over time, for replaying admission offline
+            // (`scripts/admission_replay.py`).
+            tracing::debug!(
+                model,
+                images,
+                infer_ms = infer.as_secs_f64() * 1e3,
+                calibrated_ms = calibrated.as_secs_f64() * 1e3,
+                "batch timed"
+            );
+        }
         self.metrics
             .inference_seconds
             .with_label_values(&[model])

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Replays admission control offline on a machine's recorded speed: how often a p99 target is
+missed, and how much is refused, under Poisson load, for several weights of the slowdown.
+
+The input is what scripts/bench_latency_target.py records (batches.json: every batch's time
+against its calibrated time, in order; summary.json: the calibration). A batch that starts at
+time t in the replay takes its calibrated time x the ratio the recorded batch nearest before t
+showed, so every policy meets the same slow spells. The model of admission is a copy of the
+server's (src/batcher: expected completion, slowdown, learnt margin, jobs near their bound)
+for one instance, no queue delay and no priorities; it is a model, not the code.
+
+    scripts/admission_replay.py [--weights 0.1,0.5] [--target-p99-ms 190] [RUN_DIR ...]
+"""
+
+import argparse
+import bisect
+import collections
+import json
+import math
+import pathlib
+import random
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# The server's constants (src/batcher/latency.rs).
+PLAN_WINDOW, PLAN_MEMORY, PLAN_MIN_JOBS, PLAN_QUANTILE = 256, 10.0, 32, 0.99
+WINDOW_SECONDS = 20  # bench_latency_target.py's level length
+
+
+class Trace:
+    """The recorded ratio of actual to calibrated batch time, by time, runs laid end to end."""
+
+    def __init__(self, run_dirs):
+        self.times, self.ratios = [], []
+        offset = 0.0
+        for run in run_dirs:
+            batches = json.loads((run / "batches.json").read_text())
+            start = batches[0][0] - batches[0][2] / 1e3
+            for logged, _, infer_ms, calibrated_ms in batches:
+                self.times.append(offset + logged - infer_ms / 1e3 - start)
+                self.ratios.append(infer_ms / calibrated_ms)
+            offset = self.times[-1] + 1.0
+        self.span = offset
+
+    def ratio(self, at):
+        index = bisect.bisect_right(self.times, at % self.span) - 1
+        return self.ratios[max(index, 0)]
+
+
+class Margin:
+    """The server's PlanErrors: the nearest-rank p99 of actual / planned over recent jobs."""
+
+    def __init__(self):
+        self.ratios = collections.deque()
+        self.value = 1.0
+
+    def record(self, planned, actual, now):
+        if len(self.ratios) == PLAN_WINDOW:
+            self.ratios.popleft()
+        self.ratios.append((now, min(max(actual / planned, 0.1), 10.0)))
+
+    def update(self, now):
+        while self.ratios and now - self.ratios[0][0] > PLAN_MEMORY:
+            self.ratios.popleft()
+        if len(self.ratios) < PLAN_MIN_JOBS:
+            self.value = 1.0
+        else:
+            ratios = sorted(ratio for _, ratio in self.ratios)
+            n = len(ratios)
+            index = min(math.ceil(n * PLAN_QUANTILE) - 1, n - 2)
+            self.value = min(max(ratios[index], 0.5), 4.0)
+        return self.value
+
+
+def replay(trace, calibrated, max_batch, weight, target, rate, seed):
+    """Poisson arrivals at `rate` for the trace's span; returns the latencies of what was
+    admitted, by arrival, and the number refused."""
+    rng = random.Random(seed)
+    sizes = sorted(calibrated)
+
+    def estimate(images):
+        # Linear between the calibrated sizes, proportional beyond the largest.
+        below = max((size for size in sizes if size <= images), default=sizes[0])
+        above = min((size for size in sizes if size >= images), default=None)
+        if above is None:
+            return calibrated[below] * images / below
+        if above == below:
+            return calibrated[below]
+        share = (images - below) / (above - below)
+        return calibrated[below] + share * (calibrated[above] - calibrated[below])
+
+    slowdown, margin = 1.0, Margin()
+    queue = collections.deque()  # (arrival, plan or None)
+    running = None  # (end, jobs, images, start)
+    busy_until = 0.0
+    served, refused = [], 0
+    now, arrival = 0.0, rng.expovariate(rate)
+    while now < trace.span:
+        if running is not None and running[0] <= arrival:
+            now, jobs, images, started = running
+            ratio = (now - started) / estimate(images)
+            slowdown = min(max(slowdown + (ratio - slowdown) * weight, 0.5), 4.0)
+            for arrived, plan in jobs:
+                served.append((arrived, now - arrived))
+                if plan is not None:
+                    margin.record(plan[1], now - plan[0], now)
+            margin.update(now)
+            running = None
+        else:
+            now, arrival = arrival, arrival + rng.expovariate(rate)
+            factor = margin.update(now)
+            idle = running is None and not queue
+            until_free = 0.0 if idle or running is None else max(busy_until - now, 0.0)
+            rounds = len(queue) // max_batch
+            own = 1 if idle else max_batch
+            planned = (until_free + estimate(max_batch) * slowdown * rounds
+                       + estimate(own) * slowdown)
+            expected = planned * factor
+            budget = max(target, estimate(1) * slowdown * factor)
+            if expected > budget:
+                refused += 1
+                continue
+            queue.append((now, (now, planned) if budget < 2 * expected else None))
+        if running is None and queue:
+            images = min(max_batch, len(queue))
+            jobs = [queue.popleft() for _ in range(images)]
+            busy_until = now + estimate(images) * slowdown
+            running = (now + estimate(images) * trace.ratio(now), jobs, images, now)
+    return served, refused
+
+
+def p99(latencies):
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, math.ceil(len(ordered) * 0.99) - 1)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="*", type=pathlib.Path,
+                        default=[ROOT / "target/bench-latency-target"])
+    parser.add_argument("--weights", default="0.1,0.5",
+                        help="slowdown weights to compare (the server's SLOWDOWN_WEIGHT)")
+    parser.add_argument("--target-p99-ms", type=float, default=190)
+    parser.add_argument("--batch", default="1,2", help="max batch sizes to replay")
+    parser.add_argument("--seeds", type=int, default=6)
+    args = parser.parse_args()
+    trace = Trace(args.runs)
+    summary = json.loads((args.runs[0] / "summary.json").read_text())
+    calibrated = {int(size): ms / 1e3
+                  for size, ms in summary["measured_batch_latency_ms"].items()}
+    mean_ratio = sum(trace.ratios) / len(trace.ratios)
+    target = args.target_p99_ms / 1e3
+    print(f"{len(trace.ratios)} batches over {trace.span:.0f} s; ratio to calibration: "
+          f"mean {mean_ratio:.3f}, p99 {p99(trace.ratios):.3f}")
+    results = []
+    for max_batch in map(int, args.batch.split(",")):
+        peak = max_batch / (calibrated[max_batch] * mean_ratio)
+        for load in (0.8, 2.0):
+            for weight in map(float, args.weights.split(",")):
+                late = total = refused = missed = windows = 0
+                for seed in range(args.seeds):
+                    served, refusals = replay(trace, calibrated, max_batch, weight, target,
+                                              load * peak, seed)
+                    latencies = [latency for _, latency in served]
+                    late += sum(latency > target for latency in latencies)
+                    total += len(latencies)
+                    refused += refusals
+                    by_window = collections.defaultdict(list)
+                    for arrived, latency in served:
+                        by_window[int(arrived // WINDOW_SECONDS)].append(latency)
+                    full = [w for w in by_window.values() if len(w) >= 100]
+                    windows += len(full)
+                    missed += sum(p99(w) > target for w in full)
+                row = {"max_batch": max_batch, "load": load, "weight": weight,
+                       "served_past_target": round(late / total, 4),
+                       "refused": round(refused / (refused + total), 3),
+                       "windows_missing_p99": f"{missed}/{windows}"}
+                results.append(row)
+                print(json.dumps(row))
+    return results
+
+
+if __name__ == "__main__":
+    main()
