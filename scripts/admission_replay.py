@@ -5,11 +5,15 @@ missed, and how much is refused, under Poisson load, for several weights of the 
 The input is what scripts/bench_latency_target.py records (batches.json: every batch's time
 against its calibrated time, in order; summary.json: the calibration). A batch that starts at
 time t in the replay takes its calibrated time x the ratio the recorded batch nearest before t
-showed, so every policy meets the same slow spells. The model of admission is a copy of the
-server's (src/batcher: expected completion, slowdown, learnt margin, jobs near their bound)
-for one instance, no queue delay and no priorities; it is a model, not the code.
+showed, so every policy meets the same slow spells. Admission is modelled on the server's
+(src/batcher: expected completion, slowdown, learnt margin and when it is recomputed, jobs
+near their bound), for one instance, no queue delay, no priorities, requests that reach
+admission the moment they arrive, no deadline besides the target (so nothing expires in the
+queue), and a peak taken from the calibration and the trace's mean ratio rather than
+measured; it is a model, not the code.
 
-    scripts/admission_replay.py [--weights 0.1,0.5] [--target-p99-ms 190] [RUN_DIR ...]
+    scripts/admission_replay.py [--weights 0.1,0.5] [--target-p99-ms 190] [--batch 1,2]
+        [--seeds 6] [RUN_DIR ...]   (default: target/bench-latency-target)
 """
 
 import argparse
@@ -35,6 +39,9 @@ class Trace:
         offset = 0.0
         for run in run_dirs:
             batches = json.loads((run / "batches.json").read_text())
+            if not batches:
+                raise SystemExit(f"{run}/batches.json holds no batches: was the server "
+                                 "run with a latency target and debug logs for its batcher?")
             start = batches[0][0] - batches[0][2] / 1e3
             for logged, _, infer_ms, calibrated_ms in batches:
                 self.times.append(offset + logged - infer_ms / 1e3 - start)
@@ -48,27 +55,34 @@ class Trace:
 
 
 class Margin:
-    """The server's PlanErrors: the nearest-rank p99 of actual / planned over recent jobs."""
+    """The server's PlanErrors: the nearest-rank p99 of actual / planned over recent jobs,
+    recomputed once sixteen were recorded or forgotten since."""
 
     def __init__(self):
         self.ratios = collections.deque()
+        self.changed = 0
+        self.default = True
         self.value = 1.0
 
     def record(self, planned, actual, now):
         if len(self.ratios) == PLAN_WINDOW:
             self.ratios.popleft()
         self.ratios.append((now, min(max(actual / planned, 0.1), 10.0)))
+        self.changed += 1
 
     def update(self, now):
+        remembered = len(self.ratios)
         while self.ratios and now - self.ratios[0][0] > PLAN_MEMORY:
             self.ratios.popleft()
+        self.changed += remembered - len(self.ratios)
         if len(self.ratios) < PLAN_MIN_JOBS:
-            self.value = 1.0
-        else:
+            self.value, self.default = 1.0, True
+        elif self.changed >= 16 or self.default:
             ratios = sorted(ratio for _, ratio in self.ratios)
             n = len(ratios)
             index = min(math.ceil(n * PLAN_QUANTILE) - 1, n - 2)
             self.value = min(max(ratios[index], 0.5), 4.0)
+            self.default, self.changed = False, 0
         return self.value
 
 
@@ -148,12 +162,16 @@ def main():
     summary = json.loads((args.runs[0] / "summary.json").read_text())
     calibrated = {int(size): ms / 1e3
                   for size, ms in summary["measured_batch_latency_ms"].items()}
+    batch_sizes = [int(size) for size in args.batch.split(",")]
+    if missing := [size for size in batch_sizes if size not in calibrated]:
+        raise SystemExit(f"batch sizes {missing} were not calibrated in {args.runs[0]} "
+                         f"(measured: {sorted(calibrated)})")
     mean_ratio = sum(trace.ratios) / len(trace.ratios)
     target = args.target_p99_ms / 1e3
     print(f"{len(trace.ratios)} batches over {trace.span:.0f} s; ratio to calibration: "
           f"mean {mean_ratio:.3f}, p99 {p99(trace.ratios):.3f}")
     results = []
-    for max_batch in map(int, args.batch.split(",")):
+    for max_batch in batch_sizes:
         peak = max_batch / (calibrated[max_batch] * mean_ratio)
         for load in (0.8, 2.0):
             for weight in map(float, args.weights.split(",")):

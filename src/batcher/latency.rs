@@ -138,8 +138,8 @@ pub fn scaled(time: Duration, factor: f64) -> Duration {
 /// Half: a shared machine's speed changes in spells (on the ninth and tenth sessions' machine,
 /// every batch ran at twice its calibrated time for a second or so at a time), and the next
 /// batches run like the last two, not like the last twenty. Replaying recorded batch times
-/// (`scripts/admission_replay.py`), moving a tenth of the way let twice as many 20 s windows
-/// of 80 % load miss the p99 target, and refused more, than half the way.
+/// (`scripts/admission_replay.py`), moving a tenth of the way let more than twice as many
+/// 20 s windows of 80 % load miss the p99 target, and refused more, than half the way.
 pub const SLOWDOWN_WEIGHT: f64 = 0.5;
 
 /// How much slower batches run now than at calibration (under load the cores are shared with

@@ -486,8 +486,16 @@ impl Batcher {
     pub fn publish_margin(&self, margins: &prometheus::GaugeVec, labels: &[&str]) {
         if let Some(admission) = &self.admission {
             let series = margins.with_label_values(labels);
-            series.set(admission.margin(Instant::now()));
-            *admission.margin_series() = Some(series);
+            // Held while the margin is read, so that a job answered meanwhile cannot leave
+            // the series at a value older than the one it computed.
+            let mut published = admission.margin_series();
+            let margin = admission
+                .plan_errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .update(Instant::now());
+            series.set(margin);
+            *published = Some(series);
         }
     }
 
@@ -829,18 +837,10 @@ impl Worker {
         let result = self.infer(&batch, input);
         let infer = started.elapsed();
         let model = self.config.model.as_str();
-        if let Some(admission) = &self.admission {
-            let calibrated = admission.observed(images, infer);
-            // The machine's speed over time, for replaying admission offline
-            // (`scripts/admission_replay.py`).
-            tracing::debug!(
-                model,
-                images,
-                infer_ms = infer.as_secs_f64() * 1e3,
-                calibrated_ms = calibrated.as_secs_f64() * 1e3,
-                "batch timed"
-            );
-        }
+        let calibrated = self
+            .admission
+            .as_ref()
+            .map(|admission| admission.observed(images, infer));
         self.metrics
             .inference_seconds
             .with_label_values(&[model])
@@ -871,6 +871,17 @@ impl Worker {
                     fail(job, &error, model);
                 }
             }
+        }
+        // The machine's speed over time, for replaying admission offline
+        // (`scripts/admission_replay.py`); logged once the batch's jobs have their answers.
+        if let Some(calibrated) = calibrated {
+            tracing::debug!(
+                model = %self.config.model,
+                images,
+                infer_ms = infer.as_secs_f64() * 1e3,
+                calibrated_ms = calibrated.as_secs_f64() * 1e3,
+                "batch timed"
+            );
         }
     }
 
