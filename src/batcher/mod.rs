@@ -262,13 +262,17 @@ impl Admission {
     /// The factor on plans that recent jobs' lateness calls for `now` (after an idle spell,
     /// one that forgot the jobs of a slow one).
     fn margin(&self, now: Instant) -> f64 {
-        let margin = self
-            .plan_errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .update(now);
+        let margin = self.updated_margin(now);
         self.show_margin(margin);
         margin
+    }
+
+    /// The margin after forgetting what is too old `now`, without showing it.
+    fn updated_margin(&self, now: Instant) -> f64 {
+        self.plan_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(now)
     }
 
     fn margin_series(&self) -> std::sync::MutexGuard<'_, Option<prometheus::Gauge>> {
@@ -489,12 +493,7 @@ impl Batcher {
             // Held while the margin is read, so that a job answered meanwhile cannot leave
             // the series at a value older than the one it computed.
             let mut published = admission.margin_series();
-            let margin = admission
-                .plan_errors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .update(Instant::now());
-            series.set(margin);
+            series.set(admission.updated_margin(Instant::now()));
             *published = Some(series);
         }
     }
