@@ -6,19 +6,26 @@ The input is what scripts/bench_latency_target.py records (batches.json: every b
 against its calibrated time, in order; summary.json: the calibration). A batch that starts at
 time t in the replay takes its calibrated time x the ratio the recorded batch nearest before t
 showed, so every policy meets the same slow spells. Admission is modelled on the server's
-(src/batcher: expected completion, slowdown, learnt margin and when it is recomputed, jobs
-near their bound), for one instance, no queue delay, no priorities, requests that reach
+(src/batcher: expected completion, batch times corrected per size, slowdown, learnt margin and
+when it is recomputed, jobs near their bound), for one instance, no queue delay, no
+priorities, requests that reach
 admission the moment they arrive, no deadline besides the target (so nothing expires in the
 queue), and a peak taken from the calibration and the trace's mean ratio rather than
 measured; it is a model, not the code.
 
     scripts/admission_replay.py [--weights 0.1,0.5] [--target-p99-ms 190] [--batch 1,2]
-        [--seeds 6] [RUN_DIR ...]   (default: target/bench-latency-target)
+        [--seeds 6] [--size-memory 0,127] [--miscalibrate SIZE:FACTOR,...]
+        [RUN_DIR ...]   (default: target/bench-latency-target)
+
+--size-memory compares how many batches of each size correct its calibration (0: none, the
+server before the eleventh session; 127: the server's SIZE_MEMORY); --miscalibrate 1:1.75 plans as if batch 1 had been calibrated 1.75 x too slow (its batches
+still run at the recorded speed), as a slow moment during calibration leaves it.
 """
 
 import argparse
 import bisect
 import collections
+import itertools
 import json
 import math
 import pathlib
@@ -28,6 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # The server's constants (src/batcher/latency.rs).
 PLAN_WINDOW, PLAN_MEMORY, PLAN_MIN_JOBS, PLAN_QUANTILE = 256, 10.0, 32, 0.99
+SIZE_MEMORY, SIZE_MIN_BATCHES = 127, 5
 WINDOW_SECONDS = 20  # bench_latency_target.py's level length
 
 
@@ -86,11 +94,39 @@ class Margin:
         return self.value
 
 
-def replay(trace, calibrated, max_batch, weight, target, rate, seed):
+class BatchTimes:
+    """The server's BatchTimes: the calibration (as planned with, `planned`), each size
+    corrected by the median of its last `memory` batches' ratios, and the slowdown."""
+
+    def __init__(self, planned, weight, memory):
+        self.planned, self.weight, self.memory = planned, weight, memory
+        self.ratios = collections.defaultdict(collections.deque)
+        self.corrections = {}
+        self.slowdown = 1.0
+
+    def estimate(self, images):
+        return self.planned(images) * self.corrections.get(images, 1.0)
+
+    def record(self, images, actual):
+        ratio = actual / self.estimate(images)
+        self.slowdown = min(max(self.slowdown + (ratio - self.slowdown) * self.weight, 0.5), 4.0)
+        if not self.memory:
+            return
+        ratios = self.ratios[images]
+        if len(ratios) == self.memory:
+            ratios.popleft()
+        ratios.append(min(max(actual / self.planned(images), 0.1), 10.0))
+        if len(ratios) >= SIZE_MIN_BATCHES:
+            self.corrections[images] = sorted(ratios)[len(ratios) // 2]
+
+
+def replay(trace, calibrated, max_batch, weight, target, rate, seed, memory=SIZE_MEMORY,
+           miscalibrated=None):
     """Poisson arrivals at `rate` for the trace's span; returns the latencies of what was
     admitted, by arrival, and the number refused."""
     rng = random.Random(seed)
     sizes = sorted(calibrated)
+    miscalibrated = miscalibrated or {}
 
     def estimate(images):
         # Linear between the calibrated sizes, proportional beyond the largest.
@@ -103,7 +139,9 @@ def replay(trace, calibrated, max_batch, weight, target, rate, seed):
         share = (images - below) / (above - below)
         return calibrated[below] + share * (calibrated[above] - calibrated[below])
 
-    slowdown, margin = 1.0, Margin()
+    times = BatchTimes(lambda images: estimate(images) * miscalibrated.get(images, 1.0),
+                       weight, memory)
+    margin = Margin()
     queue = collections.deque()  # (arrival, plan or None)
     running = None  # (end, jobs, images, start)
     busy_until = 0.0
@@ -112,8 +150,7 @@ def replay(trace, calibrated, max_batch, weight, target, rate, seed):
     while now < trace.span:
         if running is not None and running[0] <= arrival:
             now, jobs, images, started = running
-            ratio = (now - started) / estimate(images)
-            slowdown = min(max(slowdown + (ratio - slowdown) * weight, 0.5), 4.0)
+            times.record(images, now - started)
             for arrived, plan in jobs:
                 served.append((arrived, now - arrived))
                 if plan is not None:
@@ -127,10 +164,11 @@ def replay(trace, calibrated, max_batch, weight, target, rate, seed):
             until_free = 0.0 if idle or running is None else max(busy_until - now, 0.0)
             rounds = len(queue) // max_batch
             own = 1 if idle else max_batch
-            planned = (until_free + estimate(max_batch) * slowdown * rounds
-                       + estimate(own) * slowdown)
+            slowdown = times.slowdown
+            planned = (until_free + times.estimate(max_batch) * slowdown * rounds
+                       + times.estimate(own) * slowdown)
             expected = planned * factor
-            budget = max(target, estimate(1) * slowdown * factor)
+            budget = max(target, times.estimate(1) * slowdown * factor)
             if expected > budget:
                 refused += 1
                 continue
@@ -138,7 +176,7 @@ def replay(trace, calibrated, max_batch, weight, target, rate, seed):
         if running is None and queue:
             images = min(max_batch, len(queue))
             jobs = [queue.popleft() for _ in range(images)]
-            busy_until = now + estimate(images) * slowdown
+            busy_until = now + times.estimate(images) * times.slowdown
             running = (now + estimate(images) * trace.ratio(now), jobs, images, now)
     return served, refused
 
@@ -157,7 +195,13 @@ def main():
     parser.add_argument("--target-p99-ms", type=float, default=190)
     parser.add_argument("--batch", default="1,2", help="max batch sizes to replay")
     parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--size-memory", default=str(SIZE_MEMORY),
+                        help="batches per size that correct its calibration, to compare")
+    parser.add_argument("--miscalibrate", default="",
+                        help="SIZE:FACTOR,... planned as if calibrated FACTOR x its time")
     args = parser.parse_args()
+    miscalibrated = {int(size): float(factor) for size, factor in
+                     (item.split(":") for item in args.miscalibrate.split(",") if item)}
     trace = Trace(args.runs)
     summary = json.loads((args.runs[0] / "summary.json").read_text())
     calibrated = {int(size): ms / 1e3
@@ -173,28 +217,31 @@ def main():
     results = []
     for max_batch in batch_sizes:
         peak = max_batch / (calibrated[max_batch] * mean_ratio)
-        for load in (0.8, 2.0):
-            for weight in map(float, args.weights.split(",")):
-                late = total = refused = missed = windows = 0
-                for seed in range(args.seeds):
-                    served, refusals = replay(trace, calibrated, max_batch, weight, target,
-                                              load * peak, seed)
-                    latencies = [latency for _, latency in served]
-                    late += sum(latency > target for latency in latencies)
-                    total += len(latencies)
-                    refused += refusals
-                    by_window = collections.defaultdict(list)
-                    for arrived, latency in served:
-                        by_window[int(arrived // WINDOW_SECONDS)].append(latency)
-                    full = [w for w in by_window.values() if len(w) >= 100]
-                    windows += len(full)
-                    missed += sum(p99(w) > target for w in full)
-                row = {"max_batch": max_batch, "load": load, "weight": weight,
-                       "served_past_target": round(late / total, 4),
-                       "refused": round(refused / (refused + total), 3),
-                       "windows_missing_p99": f"{missed}/{windows}"}
-                results.append(row)
-                print(json.dumps(row))
+        for load, weight, memory in itertools.product(
+                (0.8, 2.0), map(float, args.weights.split(",")),
+                map(int, args.size_memory.split(","))):
+            late = total = refused = missed = windows = 0
+            for seed in range(args.seeds):
+                served, refusals = replay(trace, calibrated, max_batch, weight, target,
+                                          load * peak, seed, memory, miscalibrated)
+                latencies = [latency for _, latency in served]
+                late += sum(latency > target for latency in latencies)
+                total += len(latencies)
+                refused += refusals
+                by_window = collections.defaultdict(list)
+                for arrived, latency in served:
+                    by_window[int(arrived // WINDOW_SECONDS)].append(latency)
+                full = [w for w in by_window.values() if len(w) >= 100]
+                windows += len(full)
+                missed += sum(p99(w) > target for w in full)
+            row = {"max_batch": max_batch, "load": load, "weight": weight,
+                   "size_memory": memory,
+                   "served_past_target": round(late / total, 4),
+                   "refused": round(refused / (refused + total), 3),
+                   "served_of_peak": round(total / (args.seeds * trace.span * peak), 3),
+                   "windows_missing_p99": f"{missed}/{windows}"}
+            results.append(row)
+            print(json.dumps(row))
     return results
 
 

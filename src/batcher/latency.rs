@@ -99,7 +99,7 @@ pub struct Load {
     pub instances: usize,
     /// Largest batch.
     pub max_batch_size: usize,
-    /// Factor on the calibrated batch times of the batches yet to start ([`Slowdown::mean`]).
+    /// Factor on the usual batch times of the batches yet to start ([`BatchTimes::slowdown`]).
     pub slowdown: f64,
 }
 
@@ -109,7 +109,7 @@ pub struct Load {
 /// model; otherwise jobs that arrive while it waits fill it up (batching takes all that
 /// waits), so it is counted as full. Batches yet to start are scaled by `load.slowdown`; the
 /// running batch's end was estimated when it started.
-pub fn expected_completion(profile: &LatencyProfile, load: Load, images: usize) -> Duration {
+pub fn expected_completion(times: &BatchTimes, load: Load, images: usize) -> Duration {
     let max = load.max_batch_size.max(1);
     let instances = load.instances.max(1);
     let total = load.queued_images.saturating_add(images.max(1));
@@ -119,8 +119,8 @@ pub fn expected_completion(profile: &LatencyProfile, load: Load, images: usize) 
     let own_batch = if idle { images.clamp(1, max) } else { max };
     load.until_instance_free
         .unwrap_or_default()
-        .saturating_add(scaled(profile.estimate(max), load.slowdown).saturating_mul(full_rounds))
-        .saturating_add(scaled(profile.estimate(own_batch), load.slowdown))
+        .saturating_add(scaled(times.estimate(max), load.slowdown).saturating_mul(full_rounds))
+        .saturating_add(scaled(times.estimate(own_batch), load.slowdown))
 }
 
 /// `time × factor`, saturating at `Duration::MAX` (and zero for a factor that is not a
@@ -172,6 +172,87 @@ impl Slowdown {
     /// The expected factor.
     pub fn mean(self) -> f64 {
         self.mean
+    }
+}
+
+/// Batches of one size whose times [`BatchTimes`] remembers: a minute or more of batches, so
+/// that a slow spell of a second or two (which [`Slowdown`] follows) does not move the median.
+pub const SIZE_MEMORY: usize = 127;
+
+/// Batches of a size that [`BatchTimes`] needs before it corrects that size's calibration.
+pub const SIZE_MIN_BATCHES: usize = 5;
+
+/// What batches take as the model runs them: the calibration, each batch size corrected by the
+/// median of how its last [`SIZE_MEMORY`] batches ran against it, and a [`Slowdown`] relative
+/// to that. The calibration is three runs per size at start, and one slow moment there (batch
+/// 1 measured at 74 ms where it ran in 42) stays in it for the model's life: the slowdown,
+/// one factor for all sizes, then swung between the sizes' errors with every batch, and plans
+/// erred so much that the margin learnt to refuse half the load a model could serve.
+#[derive(Debug, Clone)]
+pub struct BatchTimes {
+    calibration: LatencyProfile,
+    /// Per batch size, `sizes[size - 1]` up to the largest batch: recent ratios of actual to
+    /// calibrated time, oldest first.
+    sizes: Vec<VecDeque<f64>>,
+    /// Per batch size: the median of its ratios, or 1 while fewer than [`SIZE_MIN_BATCHES`].
+    corrections: Vec<f64>,
+    slowdown: Slowdown,
+    /// Reused to find medians.
+    scratch: Vec<f64>,
+}
+
+impl BatchTimes {
+    /// Batch times as calibrated, for batches of up to `max_batch_size` images.
+    pub fn new(calibration: LatencyProfile, max_batch_size: usize) -> Self {
+        let sizes = max_batch_size.max(1);
+        Self {
+            calibration,
+            sizes: vec![VecDeque::new(); sizes],
+            corrections: vec![1.0; sizes],
+            slowdown: Slowdown::default(),
+            scratch: Vec::with_capacity(SIZE_MEMORY),
+        }
+    }
+
+    /// Where a batch of `size` is kept (sizes past the largest batch with the largest).
+    fn index(&self, size: usize) -> usize {
+        size.clamp(1, self.sizes.len()) - 1
+    }
+
+    /// Usual time of a batch of `size`: its calibration as corrected by recent batches.
+    pub fn estimate(&self, size: usize) -> Duration {
+        scaled(
+            self.calibration.estimate(size),
+            self.corrections[self.index(size)],
+        )
+    }
+
+    /// Factor on [`BatchTimes::estimate`] for the batches starting now.
+    pub fn slowdown(&self) -> f64 {
+        self.slowdown.mean()
+    }
+
+    /// A batch of `size` took `actual`: learns from it, and returns its calibrated time.
+    pub fn record(&mut self, size: usize, actual: Duration) -> Duration {
+        let calibrated = self.calibration.estimate(size);
+        if calibrated.is_zero() {
+            return calibrated;
+        }
+        self.slowdown = self.slowdown.updated(self.estimate(size), actual);
+        let index = self.index(size);
+        let ratios = &mut self.sizes[index];
+        if ratios.len() == SIZE_MEMORY {
+            ratios.pop_front();
+        }
+        ratios.push_back((actual.as_secs_f64() / calibrated.as_secs_f64()).clamp(0.1, 10.0));
+        if ratios.len() >= SIZE_MIN_BATCHES {
+            self.scratch.clear();
+            self.scratch.extend(ratios.iter().copied());
+            let middle = self.scratch.len() / 2;
+            let (_, median, _) = self.scratch.select_nth_unstable_by(middle, f64::total_cmp);
+            self.corrections[index] = *median;
+        }
+        calibrated
     }
 }
 
@@ -284,6 +365,16 @@ mod tests {
     /// 2 ms + 1 ms per image, measured at 1, 4 and 8.
     fn profile() -> LatencyProfile {
         LatencyProfile::new(vec![(8, ms(10)), (1, ms(3)), (4, ms(6)), (4, ms(7))]).unwrap()
+    }
+
+    /// Whether two durations are within a microsecond (float ratios round).
+    fn close(a: Duration, b: Duration) -> bool {
+        a.abs_diff(b) < Duration::from_micros(1)
+    }
+
+    /// [`profile`]'s batches up to 8 images, none run yet.
+    fn times() -> BatchTimes {
+        BatchTimes::new(profile(), 8)
     }
 
     #[test]
@@ -487,7 +578,7 @@ mod tests {
             slowdown: f64::MAX,
         };
         assert_eq!(
-            expected_completion(&profile(), load, usize::MAX),
+            expected_completion(&times(), load, usize::MAX),
             Duration::MAX
         );
     }
@@ -501,8 +592,8 @@ mod tests {
             max_batch_size: 8,
             slowdown: 1.0,
         };
-        assert_eq!(expected_completion(&profile(), load, 1), ms(3));
-        assert_eq!(expected_completion(&profile(), load, 4), ms(6));
+        assert_eq!(expected_completion(&times(), load, 1), ms(3));
+        assert_eq!(expected_completion(&times(), load, 4), ms(6));
     }
 
     #[test]
@@ -516,7 +607,7 @@ mod tests {
             max_batch_size: 8,
             slowdown: 1.0,
         };
-        assert_eq!(expected_completion(&profile(), late, 1), ms(10));
+        assert_eq!(expected_completion(&times(), late, 1), ms(10));
     }
 
     #[test]
@@ -529,13 +620,13 @@ mod tests {
             slowdown: 1.0,
         };
         // Waits for what is left of the running batch, then in a batch that others fill.
-        assert_eq!(expected_completion(&profile(), busy, 1), ms(4 + 10));
+        assert_eq!(expected_completion(&times(), busy, 1), ms(4 + 10));
         // 20 images ahead + 1: two full batches of 8, then its own.
         let queued = Load {
             queued_images: 20,
             ..busy
         };
-        assert_eq!(expected_completion(&profile(), queued, 1), ms(4 + 20 + 10));
+        assert_eq!(expected_completion(&times(), queued, 1), ms(4 + 20 + 10));
         // Two instances share the queue; one is free, so nothing waits for a running batch.
         let two = Load {
             queued_images: 20,
@@ -545,7 +636,7 @@ mod tests {
             slowdown: 1.0,
         };
         // 21 images: one round of 2 × 8, then its own batch.
-        assert_eq!(expected_completion(&profile(), two, 1), ms(10 + 10));
+        assert_eq!(expected_completion(&times(), two, 1), ms(10 + 10));
         // Batches running at twice their calibrated time: the queued and own batches take
         // twice as long; the running batch's end was already estimated as it started.
         let slow = Load {
@@ -553,8 +644,77 @@ mod tests {
             ..queued
         };
         assert_eq!(
-            expected_completion(&profile(), slow, 1),
+            expected_completion(&times(), slow, 1),
             ms(4 + 2 * (20 + 10))
+        );
+    }
+
+    #[test]
+    fn a_miscalibrated_size_is_corrected_by_its_own_batches() {
+        // Batch 1 was calibrated at 3 ms in a slow moment; it runs in 2. Batches of 4 run as
+        // calibrated.
+        let mut times = times();
+        for round in 0..SIZE_MIN_BATCHES - 1 {
+            times.record(1, ms(2));
+            times.record(4, ms(6));
+            assert_eq!(times.estimate(1), ms(3), "corrected after {round} batches");
+        }
+        times.record(1, ms(2));
+        times.record(4, ms(6));
+        assert!(close(times.estimate(1), ms(2)), "{:?}", times.estimate(1));
+        assert!(close(times.estimate(4), ms(6)), "{:?}", times.estimate(4));
+        // Sizes that did not run keep their calibration.
+        assert_eq!(times.estimate(8), ms(10));
+        // With each size's error learnt, alternating sizes no longer swing the slowdown.
+        for _ in 0..4 {
+            times.record(1, ms(2));
+            times.record(4, ms(6));
+        }
+        assert!(
+            (times.slowdown() - 1.0).abs() < 0.01,
+            "{}",
+            times.slowdown()
+        );
+        // Larger batches than the largest are kept with it; nothing learnt from a zero time.
+        let mut free = BatchTimes::new(LatencyProfile::new(vec![(1, Duration::ZERO)]).unwrap(), 2);
+        assert_eq!(free.record(9, ms(1)), Duration::ZERO);
+        assert_eq!(free.slowdown(), 1.0);
+    }
+
+    #[test]
+    fn a_slow_spell_moves_the_slowdown_not_the_corrections() {
+        let mut times = times();
+        for _ in 0..SIZE_MEMORY {
+            times.record(4, ms(6));
+        }
+        // Twenty batches at twice their time: the plan follows at once...
+        for _ in 0..20 {
+            times.record(4, ms(12));
+        }
+        assert_eq!(times.estimate(4), ms(6));
+        assert!(
+            (times.slowdown() - 2.0).abs() < 1e-3,
+            "{}",
+            times.slowdown()
+        );
+        // ...and back when the spell ends.
+        for _ in 0..20 {
+            times.record(4, ms(6));
+        }
+        assert!(
+            (times.slowdown() - 1.0).abs() < 1e-3,
+            "{}",
+            times.slowdown()
+        );
+        // A lasting change becomes the size's usual time, and the slowdown returns to 1.
+        for _ in 0..SIZE_MEMORY {
+            times.record(4, ms(9));
+        }
+        assert!(close(times.estimate(4), ms(9)), "{:?}", times.estimate(4));
+        assert!(
+            (times.slowdown() - 1.0).abs() < 1e-3,
+            "{}",
+            times.slowdown()
         );
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backend::{Backend, BackendError};
 use crate::metrics::Metrics;
 use crate::values::Fp32Values;
-use latency::{LatencyProfile, Load, PlanErrors, Slowdown};
+use latency::{BatchTimes, LatencyProfile, Load, PlanErrors};
 use policy::{Decision, Eviction, Limits, Policy, Queued};
 
 /// A request's images, queued for one batch.
@@ -43,14 +43,6 @@ pub struct Job {
 struct Plan {
     admitted: Instant,
     expected: Duration,
-}
-
-/// What admission has learnt, as one admission uses it: how much slower batches run than at
-/// calibration, and the margin on plans.
-#[derive(Debug, Clone, Copy)]
-struct Factors {
-    slowdown: f64,
-    margin: f64,
 }
 
 impl Job {
@@ -191,15 +183,14 @@ pub struct BatcherHandle {
 /// What admission control needs besides the queue counter: the measured batch times, the
 /// target, and when each instance's running batch is expected to finish.
 struct Admission {
-    profile: LatencyProfile,
+    /// What batches take: calibrated at load, corrected by every batch since.
+    times: Mutex<BatchTimes>,
     target: Duration,
     max_batch_size: usize,
     /// Origin of `busy_until`.
     epoch: Instant,
     /// Per instance: expected end of its running batch in nanoseconds after `epoch`, 0 when idle.
     busy_until: Vec<AtomicU64>,
-    /// How much slower batches run now than at calibration.
-    slowdown: Mutex<Slowdown>,
     /// How far admitted jobs ran from their plans: the margin on plans.
     plan_errors: Mutex<PlanErrors>,
     /// The `resnet_serve_admission_margin` series this batcher writes whenever the margin
@@ -249,14 +240,15 @@ impl Admission {
         }
     }
 
-    fn slowdown(&self) -> Slowdown {
-        // A panic elsewhere cannot leave a half-written value: use what is there.
-        *self.slowdown.lock().unwrap_or_else(PoisonError::into_inner)
+    fn times(&self) -> std::sync::MutexGuard<'_, BatchTimes> {
+        // Updated by one batch at a time, no step of which panics: use what is there.
+        self.times.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Expected time of a batch of `size` now.
     fn estimate(&self, size: usize) -> Duration {
-        latency::scaled(self.profile.estimate(size), self.slowdown().mean())
+        let times = self.times();
+        latency::scaled(times.estimate(size), times.slowdown())
     }
 
     /// The factor on plans that recent jobs' lateness calls for `now` (after an idle spell,
@@ -289,14 +281,6 @@ impl Admission {
         }
     }
 
-    /// The learnt factors, read once for one admission.
-    fn factors(&self, now: Instant) -> Factors {
-        Factors {
-            slowdown: self.slowdown().mean(),
-            margin: self.margin(now),
-        }
-    }
-
     /// `jobs` have their results (or, expired in the queue, their 504) `now`: how long they
     /// took against their plans.
     fn completed(&self, jobs: &[Job], now: Instant) {
@@ -317,21 +301,16 @@ impl Admission {
         self.show_margin(margin);
     }
 
-    /// What a job of `images` may still take, and what bounds it: what is left of the target
-    /// after the `spent` since its request arrived, or what remains `to_deadline`, whichever
-    /// is sooner. A target below one batch of the job (as admission plans it with `factors`)
-    /// cannot be met even when idle: then only waiting is refused.
+    /// What a job may still take, and what bounds it: what is left of the target after the
+    /// `spent` since its request arrived, or what remains `to_deadline`, whichever is sooner.
+    /// A target below the job's `own_batch` (as admission plans it) cannot be met even when
+    /// idle: then only waiting is refused.
     fn budget(
         &self,
-        images: usize,
+        own_batch: Duration,
         spent: Duration,
         to_deadline: Duration,
-        factors: Factors,
     ) -> (Duration, &'static str) {
-        let own_batch = latency::scaled(
-            latency::scaled(self.profile.estimate(images), factors.slowdown),
-            factors.margin,
-        );
         let target = self.target.saturating_sub(spent).max(own_batch);
         if target < to_deadline {
             (target, TARGET_BOUND)
@@ -343,10 +322,7 @@ impl Admission {
     /// A batch of `images` took `actual`: corrects later estimates. Returns its calibrated
     /// time.
     fn observed(&self, images: usize, actual: Duration) -> Duration {
-        let estimated = self.profile.estimate(images);
-        let mut slowdown = self.slowdown.lock().unwrap_or_else(PoisonError::into_inner);
-        *slowdown = slowdown.updated(estimated, actual);
-        estimated
+        self.times().record(images, actual)
     }
 
     /// Worker `index` started a batch of `images`.
@@ -385,21 +361,27 @@ impl BatcherHandle {
         let images = job.images;
         if let Some(admission) = self.admission.as_ref().filter(|_| self.enforce_admission) {
             let now = Instant::now();
-            let factors = admission.factors(now);
-            let load = Load {
-                queued_images: admission.queued_ahead(job.level),
-                until_instance_free: admission.until_instance_free(now),
-                instances: admission.busy_until.len(),
-                max_batch_size: admission.max_batch_size,
-                slowdown: factors.slowdown,
+            let margin = admission.margin(now);
+            let (planned, own_batch) = {
+                let times = admission.times();
+                let load = Load {
+                    queued_images: admission.queued_ahead(job.level),
+                    until_instance_free: admission.until_instance_free(now),
+                    instances: admission.busy_until.len(),
+                    max_batch_size: admission.max_batch_size,
+                    slowdown: times.slowdown(),
+                };
+                let own_batch = latency::scaled(times.estimate(images), times.slowdown());
+                (
+                    latency::expected_completion(&times, load, images),
+                    own_batch,
+                )
             };
-            let planned = latency::expected_completion(&admission.profile, load, images);
-            let expected = latency::scaled(planned, factors.margin);
+            let expected = latency::scaled(planned, margin);
             let (budget, bound) = admission.budget(
-                images,
+                latency::scaled(own_batch, margin),
                 now.saturating_duration_since(job.arrived),
                 job.deadline.saturating_duration_since(now),
-                factors,
             );
             if expected > budget {
                 self.metrics
@@ -543,12 +525,11 @@ pub fn spawn(
         .clone()
         .map(|LatencyTarget { profile, target }| {
             Arc::new(Admission {
-                profile,
+                times: Mutex::new(BatchTimes::new(profile, config.limits.max_batch_size)),
                 target,
                 max_batch_size: config.limits.max_batch_size,
                 epoch: Instant::now(),
                 busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
-                slowdown: Mutex::new(Slowdown::default()),
                 plan_errors: Mutex::new(PlanErrors::default()),
                 margin_series: Mutex::new(None),
                 queued_by_level: (0..config.limits.priority_levels.max(1))
@@ -957,12 +938,11 @@ mod tests {
     fn admission(levels: usize, instances: usize) -> Admission {
         let profile = LatencyProfile::new(vec![(1, Duration::from_millis(10))]).unwrap();
         Admission {
-            profile,
+            times: Mutex::new(BatchTimes::new(profile, 4)),
             target: Duration::from_millis(100),
             max_batch_size: 4,
             epoch: Instant::now(),
             busy_until: (0..instances).map(|_| AtomicU64::new(0)).collect(),
-            slowdown: Mutex::new(Slowdown::default()),
             plan_errors: Mutex::new(PlanErrors::default()),
             margin_series: Mutex::new(None),
             queued_by_level: (0..levels).map(|_| AtomicUsize::new(0)).collect(),
@@ -1151,29 +1131,24 @@ mod tests {
         let admission = admission(1, 1);
         let far = Duration::from_secs(10);
         let target = "is the model's latency target";
-        let calibrated = admission.factors(Instant::now());
+        let batch = Duration::from_millis(10);
         assert_eq!(
-            admission.budget(1, Duration::ZERO, far, calibrated),
+            admission.budget(batch, Duration::ZERO, far),
             (Duration::from_millis(100), target)
         );
         // 60 ms spent receiving and decoding leave 40.
         assert_eq!(
-            admission.budget(1, Duration::from_millis(60), far, calibrated),
+            admission.budget(batch, Duration::from_millis(60), far),
             (Duration::from_millis(40), target)
         );
         // Past the target, the job's own batch is still allowed: only waiting is refused.
         assert_eq!(
-            admission.budget(2, Duration::from_millis(150), far, calibrated),
+            admission.budget(2 * batch, Duration::from_millis(150), far),
             (Duration::from_millis(20), target)
         );
         // A nearer deadline bounds it instead.
         assert_eq!(
-            admission.budget(
-                1,
-                Duration::from_millis(10),
-                Duration::from_millis(30),
-                calibrated
-            ),
+            admission.budget(batch, Duration::from_millis(10), Duration::from_millis(30)),
             (Duration::from_millis(30), "remain to the deadline")
         );
     }
@@ -1204,23 +1179,11 @@ mod tests {
         let mut jobs: Vec<Job> = (0..latency::PLAN_MIN_JOBS).map(|_| planned(40)).collect();
         jobs.push(unplanned);
         admission.completed(&jobs, admitted + Duration::from_millis(60));
-        let factors = admission.factors(admitted + Duration::from_millis(60));
-        assert!((factors.margin - 1.5).abs() < 1e-9);
-        // A target below one batch now floors the budget at the wider batch: 10 ms × 1.5.
-        assert_eq!(
-            admission
-                .budget(
-                    1,
-                    Duration::from_millis(150),
-                    Duration::from_secs(10),
-                    factors
-                )
-                .0,
-            Duration::from_millis(15)
-        );
+        let margin = admission.margin(admitted + Duration::from_millis(60));
+        assert!((margin - 1.5).abs() < 1e-9);
         // Once the late jobs are forgotten, an idle model's margin is back to 1.
         let later = admitted + latency::PLAN_MEMORY + Duration::from_secs(1);
-        assert_eq!(admission.factors(later).margin, 1.0);
+        assert_eq!(admission.margin(later), 1.0);
     }
 
     #[test]
