@@ -87,6 +87,45 @@ impl LatencyProfile {
     }
 }
 
+/// Timed runs per batch size in calibration (odd: the median is one of them).
+pub const CALIBRATION_RUNS: usize = 3;
+
+/// Calibration: times batches of each of `sizes` (ascending) with `run`, which runs a batch of
+/// that size and returns how long it took. Each size is run once untimed (lazy
+/// initialisation) and once timed, in turn, stopping after the first whose time ×2 exceeds
+/// `target` (larger ones cannot meet it either); then the sizes kept are timed
+/// [`CALIBRATION_RUNS`]` - 1` more times in rounds, one size after another, and each size's
+/// median is its time. In rounds, a slow moment of the machine slows every size alike, which
+/// the [`Slowdown`] corrects; timing one size's runs back to back let one moment slow that
+/// size alone, and the sizes' proportions decide the batch size.
+pub fn measure_batch_times<E>(
+    sizes: &[usize],
+    target: Duration,
+    mut run: impl FnMut(usize) -> Result<Duration, E>,
+) -> Result<Vec<(usize, Duration)>, E> {
+    let mut times: Vec<(usize, Vec<Duration>)> = Vec::with_capacity(sizes.len());
+    for &size in sizes {
+        run(size)?;
+        let time = run(size)?;
+        times.push((size, vec![time]));
+        if time * 2 > target {
+            break;
+        }
+    }
+    for _ in 1..CALIBRATION_RUNS {
+        for (size, runs) in &mut times {
+            runs.push(run(*size)?);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|(size, mut runs)| {
+            runs.sort_unstable();
+            (size, runs[runs.len() / 2])
+        })
+        .collect())
+}
+
 /// What admission control knows about a batcher at the moment a request arrives.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Load {
@@ -716,5 +755,32 @@ mod tests {
             "{}",
             times.slowdown()
         );
+    }
+
+    #[test]
+    fn calibration_times_sizes_in_rounds_so_a_slow_moment_slows_all_alike() {
+        // Batches take 10 ms per image, three times that during calls 5 to 8: with the sizes
+        // timed back to back, that moment would be all of batch 2's runs, untimed and timed.
+        let mut calls = Vec::new();
+        let points = measure_batch_times(&[1, 2, 4, 8], ms(1000), |size| {
+            calls.push(size);
+            let slow = (5..=8).contains(&calls.len());
+            Ok::<_, ()>(ms(10 * size as u64 * if slow { 3 } else { 1 }))
+        })
+        .unwrap();
+        assert_eq!(points, [(1, ms(10)), (2, ms(20)), (4, ms(40)), (8, ms(80))]);
+        // Untimed and timed ascending, then two rounds.
+        assert_eq!(calls, [1, 1, 2, 2, 4, 4, 8, 8, 1, 2, 4, 8, 1, 2, 4, 8]);
+        // No size past the first whose time ×2 exceeds the target.
+        let mut sizes = Vec::new();
+        let points = measure_batch_times(&[1, 2, 4, 8], ms(50), |size| {
+            sizes.push(size);
+            Ok::<_, ()>(ms(10 * size as u64))
+        })
+        .unwrap();
+        assert_eq!(points, [(1, ms(10)), (2, ms(20)), (4, ms(40))]);
+        assert!(!sizes.contains(&8), "{sizes:?}");
+        // A failing run fails calibration.
+        assert_eq!(measure_batch_times(&[1], ms(50), |_| Err("no")), Err("no"));
     }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::pipeline::{self, ImageInput, PreprocessPool, Scheduling};
 use crate::backend::ort::{self as ort_backend, OrtBackend, SessionOptions};
 use crate::backend::{Backend, Device};
-use crate::batcher::latency::LatencyProfile;
+use crate::batcher::latency::{self, LatencyProfile};
 use crate::batcher::{self, Batcher, BatcherConfig, BatcherHandle, LatencyTarget, policy::Limits};
 use crate::config::available_cores;
 use crate::error::ServiceError;
@@ -704,9 +704,6 @@ async fn load_version(
     }
 }
 
-/// Timed runs per batch size in calibration (odd: the median is one of them).
-const CALIBRATION_RUNS: usize = 3;
-
 /// Measures batch latencies on the first instance and fits the batching to `target`: the
 /// fastest batch size (images/s) whose worst case (waiting for a running batch, then its own)
 /// stays within the target, no queue delay (work-conserving batching fills batches under load
@@ -726,28 +723,19 @@ async fn calibrate(
     sizes.dedup();
     let tensor_len = spec.preprocess.tensor_len();
     let (backends, points) = tokio::task::spawn_blocking(move || {
-        let mut points = Vec::with_capacity(sizes.len());
+        let mut points = Vec::new();
         if let Some(backend) = backends.first_mut() {
-            for size in sizes {
-                let input = vec![0.0; size * tensor_len];
-                // One untimed run (lazy initialisation), then the median of three: admission
-                // learns the tail from how late jobs run (`PlanErrors`), and a median keeps
-                // the choice between sizes of nearly equal throughput from following noise.
-                backend.infer(&input, size)?;
-                let mut times = [Duration::ZERO; CALIBRATION_RUNS];
-                for time in &mut times {
-                    let started = Instant::now();
-                    backend.infer(&input, size)?;
-                    *time = started.elapsed();
+            // Grown to the largest size measured, not the largest configured.
+            let mut input = Vec::new();
+            points = latency::measure_batch_times(&sizes, target, |size| {
+                let values = size * tensor_len;
+                if input.len() < values {
+                    input.resize(values, 0.0);
                 }
-                times.sort_unstable();
-                let median = times[CALIBRATION_RUNS / 2];
-                points.push((size, median));
-                // Larger batches take longer still: none of them can meet the target.
-                if median * 2 > target {
-                    break;
-                }
-            }
+                let started = Instant::now();
+                backend.infer(&input[..values], size)?;
+                Ok::<_, crate::backend::BackendError>(started.elapsed())
+            })?;
         }
         Ok::<_, crate::backend::BackendError>((backends, points))
     })
