@@ -8,18 +8,19 @@ time t in the replay takes its calibrated time x the ratio the recorded batch ne
 showed, so every policy meets the same slow spells. Admission is modelled on the server's
 (src/batcher: expected completion, batch times corrected per size, slowdown, learnt margin and
 when it is recomputed, jobs near their bound), for one instance, no queue delay, no
-priorities, requests that reach
-admission the moment they arrive, no deadline besides the target (so nothing expires in the
-queue), and a peak taken from the calibration and the trace's mean ratio rather than
-measured; it is a model, not the code.
+priorities, requests that reach admission the moment they arrive, no deadline besides the
+target (so nothing expires in the queue), and a peak taken from the calibration and the
+trace's mean ratio rather than measured; it is a model, not the code.
 
     scripts/admission_replay.py [--weights 0.1,0.5] [--target-p99-ms 190] [--batch 1,2]
-        [--seeds 6] [--size-memory 0,127] [--miscalibrate SIZE:FACTOR,...]
+        [--seeds 6] [--size-memory 127] [--miscalibrate SIZE:FACTOR,...]
         [RUN_DIR ...]   (default: target/bench-latency-target)
 
---size-memory compares how many batches of each size correct its calibration (0: none, the
-server before the eleventh session; 127: the server's SIZE_MEMORY); --miscalibrate 1:1.75 plans as if batch 1 had been calibrated 1.75 x too slow (its batches
-still run at the recorded speed), as a slow moment during calibration leaves it.
+--size-memory 0,127 compares how many batches of each size correct its calibration (0: none,
+the server before the eleventh session; 127: the server's SIZE_MEMORY; at least
+SIZE_MIN_BATCHES); --miscalibrate 1:1.75 plans as if batch 1 had been calibrated 1.75 x too
+slow (its batches still run at the recorded speed), as a slow moment during calibration
+leaves it.
 """
 
 import argparse
@@ -96,7 +97,9 @@ class Margin:
 
 class BatchTimes:
     """The server's BatchTimes: the calibration (as planned with, `planned`), each size
-    corrected by the median of its last `memory` batches' ratios, and the slowdown."""
+    corrected by the median of its last `memory` batches' ratios (a size without one borrows
+    the nearest size's, the smaller of two as near), and the slowdown, rescaled when the
+    recorded size's correction changes."""
 
     def __init__(self, planned, weight, memory):
         self.planned, self.weight, self.memory = planned, weight, memory
@@ -104,20 +107,28 @@ class BatchTimes:
         self.corrections = {}
         self.slowdown = 1.0
 
+    def correction(self, images):
+        if not self.corrections:
+            return 1.0
+        nearest = min(self.corrections, key=lambda size: (abs(size - images), size))
+        return self.corrections[nearest]
+
     def estimate(self, images):
-        return self.planned(images) * self.corrections.get(images, 1.0)
+        return self.planned(images) * self.correction(images)
 
     def record(self, images, actual):
         ratio = actual / self.estimate(images)
         self.slowdown = min(max(self.slowdown + (ratio - self.slowdown) * self.weight, 0.5), 4.0)
         if not self.memory:
             return
+        before = self.correction(images)
         ratios = self.ratios[images]
         if len(ratios) == self.memory:
             ratios.popleft()
         ratios.append(min(max(actual / self.planned(images), 0.1), 10.0))
         if len(ratios) >= SIZE_MIN_BATCHES:
             self.corrections[images] = sorted(ratios)[len(ratios) // 2]
+        self.slowdown = min(max(self.slowdown * before / self.correction(images), 0.5), 4.0)
 
 
 def replay(trace, calibrated, max_batch, weight, target, rate, seed, memory=SIZE_MEMORY,
@@ -196,12 +207,16 @@ def main():
     parser.add_argument("--batch", default="1,2", help="max batch sizes to replay")
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--size-memory", default=str(SIZE_MEMORY),
-                        help="batches per size that correct its calibration, to compare")
+                        help="batches per size that correct its calibration, to compare "
+                             f"(0 or at least {SIZE_MIN_BATCHES})")
     parser.add_argument("--miscalibrate", default="",
                         help="SIZE:FACTOR,... planned as if calibrated FACTOR x its time")
     args = parser.parse_args()
     miscalibrated = {int(size): float(factor) for size, factor in
                      (item.split(":") for item in args.miscalibrate.split(",") if item)}
+    memories = [int(memory) for memory in args.size_memory.split(",")]
+    if any(0 < memory < SIZE_MIN_BATCHES for memory in memories):
+        raise SystemExit(f"--size-memory: 0 or at least {SIZE_MIN_BATCHES} batches")
     trace = Trace(args.runs)
     summary = json.loads((args.runs[0] / "summary.json").read_text())
     calibrated = {int(size): ms / 1e3
@@ -218,8 +233,7 @@ def main():
     for max_batch in batch_sizes:
         peak = max_batch / (calibrated[max_batch] * mean_ratio)
         for load, weight, memory in itertools.product(
-                (0.8, 2.0), map(float, args.weights.split(",")),
-                map(int, args.size_memory.split(","))):
+                (0.8, 2.0), map(float, args.weights.split(",")), memories):
             late = total = refused = missed = windows = 0
             for seed in range(args.seeds):
                 served, refusals = replay(trace, calibrated, max_batch, weight, target,

@@ -38,6 +38,16 @@ pub struct Job {
     plan: Option<Plan>,
 }
 
+/// What admission control makes of a job: how long it would take from now, without and with
+/// the margin, and the most it may take, bounded by the target or by its deadline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Assessment {
+    planned: Duration,
+    expected: Duration,
+    budget: Duration,
+    bound: &'static str,
+}
+
 /// When a job was admitted and how long admission control expected it to take from then.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
@@ -247,8 +257,47 @@ impl Admission {
 
     /// Expected time of a batch of `size` now.
     fn estimate(&self, size: usize) -> Duration {
-        let times = self.times();
-        latency::scaled(times.estimate(size), times.slowdown())
+        self.times().expected(size)
+    }
+
+    /// How a job of `images` at priority `level`, whose request arrived then and must be
+    /// answered by `deadline`, would fare if admitted `now`.
+    fn assess(
+        &self,
+        images: usize,
+        level: usize,
+        arrived: Instant,
+        deadline: Instant,
+        now: Instant,
+    ) -> Assessment {
+        let margin = self.margin(now);
+        let queued_images = self.queued_ahead(level);
+        let until_instance_free = self.until_instance_free(now);
+        let (planned, own_batch) = {
+            let times = self.times();
+            let load = Load {
+                queued_images,
+                until_instance_free,
+                instances: self.busy_until.len(),
+                max_batch_size: self.max_batch_size,
+                slowdown: times.slowdown(),
+            };
+            (
+                latency::expected_completion(&times, load, images),
+                times.expected(images),
+            )
+        };
+        let (budget, bound) = self.budget(
+            latency::scaled(own_batch, margin),
+            now.saturating_duration_since(arrived),
+            deadline.saturating_duration_since(now),
+        );
+        Assessment {
+            planned,
+            expected: latency::scaled(planned, margin),
+            budget,
+            bound,
+        }
     }
 
     /// The factor on plans that recent jobs' lateness calls for `now` (after an idle spell,
@@ -361,28 +410,12 @@ impl BatcherHandle {
         let images = job.images;
         if let Some(admission) = self.admission.as_ref().filter(|_| self.enforce_admission) {
             let now = Instant::now();
-            let margin = admission.margin(now);
-            let (planned, own_batch) = {
-                let times = admission.times();
-                let load = Load {
-                    queued_images: admission.queued_ahead(job.level),
-                    until_instance_free: admission.until_instance_free(now),
-                    instances: admission.busy_until.len(),
-                    max_batch_size: admission.max_batch_size,
-                    slowdown: times.slowdown(),
-                };
-                let own_batch = latency::scaled(times.estimate(images), times.slowdown());
-                (
-                    latency::expected_completion(&times, load, images),
-                    own_batch,
-                )
-            };
-            let expected = latency::scaled(planned, margin);
-            let (budget, bound) = admission.budget(
-                latency::scaled(own_batch, margin),
-                now.saturating_duration_since(job.arrived),
-                job.deadline.saturating_duration_since(now),
-            );
+            let Assessment {
+                planned,
+                expected,
+                budget,
+                bound,
+            } = admission.assess(images, job.level, job.arrived, job.deadline, now);
             if expected > budget {
                 self.metrics
                     .rejected
@@ -1179,15 +1212,27 @@ mod tests {
         let mut jobs: Vec<Job> = (0..latency::PLAN_MIN_JOBS).map(|_| planned(40)).collect();
         jobs.push(unplanned);
         admission.completed(&jobs, admitted + Duration::from_millis(60));
-        let margin = admission.margin(admitted + Duration::from_millis(60));
-        assert!((margin - 1.5).abs() < 1e-9);
+        let now = admitted + Duration::from_millis(60);
+        assert!((admission.margin(now) - 1.5).abs() < 1e-9);
+        // An idle model: one batch of 10 ms, planned at 15. A request that spent 150 ms of
+        // its 100 ms target arriving may still take its own batch, as admission plans it.
+        let assessed = admission.assess(
+            1,
+            0,
+            now - Duration::from_millis(150),
+            now + Duration::from_secs(10),
+            now,
+        );
+        assert_eq!(assessed.planned, Duration::from_millis(10));
+        assert_eq!(assessed.expected, Duration::from_millis(15));
+        assert_eq!(assessed.budget, Duration::from_millis(15));
         // Once the late jobs are forgotten, an idle model's margin is back to 1.
         let later = admitted + latency::PLAN_MEMORY + Duration::from_secs(1);
         assert_eq!(admission.margin(later), 1.0);
     }
 
     #[test]
-    fn running_batches_and_the_learnt_slowdown_shape_the_estimate() {
+    fn running_batches_and_the_learnt_batch_times_shape_the_estimate() {
         let admission = admission(1, 2);
         let now = Instant::now();
         assert_eq!(admission.until_instance_free(now), None);

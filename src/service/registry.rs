@@ -723,20 +723,22 @@ async fn calibrate(
     sizes.dedup();
     let tensor_len = spec.preprocess.tensor_len();
     let (backends, points) = tokio::task::spawn_blocking(move || {
-        let mut points = Vec::new();
-        if let Some(backend) = backends.first_mut() {
-            // Grown to the largest size measured, not the largest configured.
-            let mut input = Vec::new();
-            points = latency::measure_batch_times(&sizes, target, |size| {
-                let values = size * tensor_len;
-                if input.len() < values {
-                    input.resize(values, 0.0);
-                }
-                let started = Instant::now();
-                backend.infer(&input[..values], size)?;
-                Ok::<_, crate::backend::BackendError>(started.elapsed())
-            })?;
-        }
+        let points = match backends.first_mut() {
+            Some(backend) => {
+                // Grown to the largest size measured, not the largest configured.
+                let mut input = Vec::new();
+                latency::measure_batch_times(&sizes, target, |size| {
+                    let values = size * tensor_len;
+                    if input.len() < values {
+                        input.resize(values, 0.0);
+                    }
+                    let started = Instant::now();
+                    backend.infer(&input[..values], size)?;
+                    Ok::<_, crate::backend::BackendError>(started.elapsed())
+                })?
+            }
+            None => Vec::new(),
+        };
         Ok::<_, crate::backend::BackendError>((backends, points))
     })
     .await
