@@ -95,6 +95,11 @@ class Margin:
         return self.value
 
 
+def bounded(slowdown):
+    """The server's bounds on a slowdown: 0.5 to 4."""
+    return min(max(slowdown, 0.5), 4.0)
+
+
 class BatchTimes:
     """The server's BatchTimes: the calibration (as planned with, `planned`), each size
     corrected by the median of its last `memory` batches' ratios (a size without one borrows
@@ -117,18 +122,18 @@ class BatchTimes:
         return self.planned(images) * self.correction(images)
 
     def record(self, images, actual):
-        ratio = actual / self.estimate(images)
-        self.slowdown = min(max(self.slowdown + (ratio - self.slowdown) * self.weight, 0.5), 4.0)
+        before = self.correction(images)
+        ratio = actual / (self.planned(images) * before)
+        self.slowdown = bounded(self.slowdown + (ratio - self.slowdown) * self.weight)
         if not self.memory:
             return
-        before = self.correction(images)
         ratios = self.ratios[images]
         if len(ratios) == self.memory:
             ratios.popleft()
         ratios.append(min(max(actual / self.planned(images), 0.1), 10.0))
         if len(ratios) >= SIZE_MIN_BATCHES:
             self.corrections[images] = sorted(ratios)[len(ratios) // 2]
-        self.slowdown = min(max(self.slowdown * before / self.correction(images), 0.5), 4.0)
+        self.slowdown = bounded(self.slowdown * before / self.correction(images))
 
 
 def replay(trace, calibrated, max_batch, weight, target, rate, seed, memory=SIZE_MEMORY,

@@ -104,12 +104,14 @@ pub fn measure_batch_times<E>(
     target: Duration,
     mut run: impl FnMut(usize) -> Result<Duration, E>,
 ) -> Result<Vec<(usize, Duration)>, E> {
+    // Waiting for a batch that just started, then running its own, a request would miss it.
+    let misses_target = |time: Duration| time * 2 > target;
     let mut times: Vec<(usize, Vec<Duration>)> = Vec::with_capacity(sizes.len());
     for &size in sizes {
         run(size)?;
         let time = run(size)?;
         times.push((size, vec![time]));
-        if time * 2 > target {
+        if misses_target(time) {
             break;
         }
     }
@@ -123,7 +125,7 @@ pub fn measure_batch_times<E>(
         runs.sort_unstable();
         let median = runs[runs.len() / 2];
         points.push((size, median));
-        if median * 2 > target {
+        if misses_target(median) {
             break;
         }
     }
@@ -200,15 +202,20 @@ impl Default for Slowdown {
 }
 
 impl Slowdown {
+    /// A factor of `mean`, within the bounds a slowdown is believed: 0.5 to 4.
+    fn bounded(mean: f64) -> Self {
+        Self {
+            mean: mean.clamp(0.5, 4.0),
+        }
+    }
+
     /// After a batch estimated at `estimated` took `actual`.
     pub fn updated(self, estimated: Duration, actual: Duration) -> Self {
         if estimated.is_zero() {
             return self;
         }
         let observed = actual.as_secs_f64() / estimated.as_secs_f64();
-        Self {
-            mean: (self.mean + (observed - self.mean) * SLOWDOWN_WEIGHT).clamp(0.5, 4.0),
-        }
+        Self::bounded(self.mean + (observed - self.mean) * SLOWDOWN_WEIGHT)
     }
 
     /// The expected factor.
@@ -218,9 +225,7 @@ impl Slowdown {
 
     /// The same speed against usual times that changed by `1 / factor`.
     fn rescaled(self, factor: f64) -> Self {
-        Self {
-            mean: (self.mean * factor).clamp(0.5, 4.0),
-        }
+        Self::bounded(self.mean * factor)
     }
 }
 
@@ -307,8 +312,8 @@ impl BatchTimes {
         if calibrated.is_zero() {
             return calibrated;
         }
-        self.slowdown = self.slowdown.updated(self.estimate(size), actual);
         let before = self.correction(size);
+        self.slowdown = self.slowdown.updated(scaled(calibrated, before), actual);
         let index = self.index(size);
         let ratios = &mut self.sizes[index];
         if ratios.len() == SIZE_MEMORY {
