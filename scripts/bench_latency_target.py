@@ -16,7 +16,7 @@ import pathlib
 import subprocess
 import urllib.request
 
-from served import Server, release_binaries, resnet50_repository
+from served import Server, binaries, resnet50_repository
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "target/bench-latency-target"
@@ -28,9 +28,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--deadline-ms", type=int, default=500)
     args = parser.parse_args()
-    binaries = release_binaries()
+    bin_dir = binaries()
     repository = resnet50_repository()
-    server = Server(binaries / "resnet-serve", repository, "--target-p99-ms", args.target_p99_ms,
+    server = Server(bin_dir / "resnet-serve", repository, "--target-p99-ms", args.target_p99_ms,
                     log="info,ort=warn,resnet_serve::batcher=debug")
     try:
         server.wait_ready()
@@ -45,7 +45,7 @@ def main():
 
         def bench(name, *load):
             subprocess.run(
-                [binaries / "resnet-bench", "--target", server.grpc, "--protocol", "v2-grpc",
+                [bin_dir / "resnet-bench", "--target", server.grpc, "--protocol", "v2-grpc",
                  "--model", "resnet50", "--images", ROOT / "tests/fixtures/images",
                  "--warmup-seconds", "3", "--duration-seconds", str(args.seconds),
                  "--deadline-ms", str(args.deadline_ms), "--metrics", server.metrics,

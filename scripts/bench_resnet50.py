@@ -15,7 +15,7 @@ import json
 import pathlib
 import subprocess
 
-from served import Server
+from served import Server, binaries
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "target/bench-resnet50"
@@ -73,9 +73,7 @@ def main():
                         help="start the server, time it to READY, and stop")
     args = parser.parse_args()
     profile = ["--release"] if args.profile == "release" else []
-    subprocess.run(["cargo", "build", "--quiet", *profile, "--bin", "resnet-serve",
-                    "--bin", "resnet-bench"], check=True, cwd=ROOT)
-    bin_dir = ROOT / "target" / args.profile
+    bin_dir = binaries(args.profile)
     repository = OUT / "repository"
     model_dir = repository / "resnet50"
     onnx = model_dir / "1/model.onnx"

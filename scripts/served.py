@@ -88,11 +88,13 @@ def timestamp(text):
     return seconds.timestamp() + float("0." + (fraction or "0"))
 
 
-def release_binaries():
-    """Builds `resnet-serve` and `resnet-bench` in release; returns their directory."""
-    subprocess.run(["cargo", "build", "--quiet", "--release", "--bin", "resnet-serve",
+def binaries(profile="release"):
+    """Builds `resnet-serve` and `resnet-bench` in `profile` (debug or release); returns their
+    directory."""
+    flags = ["--release"] if profile == "release" else []
+    subprocess.run(["cargo", "build", "--quiet", *flags, "--bin", "resnet-serve",
                     "--bin", "resnet-bench"], check=True, cwd=ROOT)
-    return ROOT / "target/release"
+    return ROOT / "target" / profile
 
 
 def resnet50_repository():

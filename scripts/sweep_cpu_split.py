@@ -24,7 +24,7 @@ import subprocess
 
 from PIL import Image
 
-from served import Server, release_binaries, resnet50_repository
+from served import Server, binaries, resnet50_repository
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "target/cpu-split"
@@ -51,7 +51,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--concurrency", default="16")
     args = parser.parse_args()
-    binaries = release_binaries()
+    bin_dir = binaries()
     resnet50 = resnet50_repository() / "resnet50"
     OUT.mkdir(parents=True, exist_ok=True)
     jpegs = OUT / "jpeg"
@@ -77,14 +77,14 @@ def main():
     for workload, source, name, protocol, images, extra in workloads:
         for instances, intra, preprocess in splits:
             repo = repository(source, name, instances)
-            server = Server(binaries / "resnet-serve", repo, "--intra-op-threads", intra,
+            server = Server(bin_dir / "resnet-serve", repo, "--intra-op-threads", intra,
                             "--preprocess-threads", preprocess, *extra)
             try:
                 server.wait_ready()
                 output = OUT / f"{workload}-{instances}x{intra}-p{preprocess}"
                 target = server.grpc if protocol.endswith("grpc") else server.http
                 subprocess.run(
-                    [binaries / "resnet-bench", "--target", target, "--protocol", protocol,
+                    [bin_dir / "resnet-bench", "--target", target, "--protocol", protocol,
                      "--model", name, "--concurrency", args.concurrency, "--images", images,
                      "--warmup-seconds", "2", "--duration-seconds", str(args.seconds),
                      "--metrics", server.metrics, "--output", output],

@@ -1,6 +1,7 @@
 //! The `Classifier` facade every transport calls: model lookup, bounded preprocessing, batched
 //! inference, softmax and top-k with labels. Knows nothing of HTTP or gRPC.
 
+pub mod memory;
 pub mod pipeline;
 pub mod registry;
 

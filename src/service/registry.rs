@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::memory;
 use super::pipeline::{self, ImageInput, PreprocessPool, Scheduling};
 use crate::backend::ort::{self as ort_backend, OrtBackend, SessionOptions};
 use crate::backend::{Backend, Device};
@@ -330,6 +331,7 @@ impl Registry {
                 }
             }
         }
+        memory::release_free().await;
         let current: Vec<u64> = self
             .models
             .read()
@@ -412,7 +414,7 @@ impl Registry {
             .with_label_values(&[name, &label])
             .set(1);
         if let Some(previous) = previous {
-            tokio::spawn(previous.shutdown());
+            tokio::spawn(stop(previous));
         }
     }
 
@@ -460,7 +462,7 @@ impl Registry {
             .ok()
             .and_then(|mut batchers| batchers.remove(&(name.to_string(), version)));
         if let Some(batcher) = batcher {
-            tokio::spawn(batcher.shutdown());
+            tokio::spawn(stop(batcher));
         }
         // Absent unless the version had a latency target. The draining batcher's handle is
         // detached from the registry now: a later load of this version starts a new series.
@@ -573,6 +575,7 @@ pub async fn load(
         }
         models.insert(dir.name.clone(), versions);
     }
+    memory::release_free().await;
     Ok(Registry {
         default_model,
         models: RwLock::new(models),
@@ -582,6 +585,12 @@ pub async fn load(
         metrics: metrics.clone(),
         control: tokio::sync::Mutex::new(()),
     })
+}
+
+/// Stops a batcher taken out of service, then returns what its sessions held to the system.
+async fn stop(batcher: Batcher) {
+    batcher.shutdown().await;
+    memory::release_free().await;
 }
 
 async fn load_version(
