@@ -414,6 +414,54 @@ fn measured_latencies(config: &serde_json::Value) -> Vec<(usize, f64)> {
         .collect()
 }
 
+/// Images decoded so far, by every model (the decode histogram's count).
+fn decoded(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("resnet_serve_decode_duration_seconds_count "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_admission_refuses_is_refused_before_its_image_is_decoded() {
+    let config = "[batching]\nmax_batch_size = 1\nmax_queue_size = 64\n";
+    let repository = Repository::new().model("slow", &slow_model_dir(), Some(config));
+    let server = start(repository.path(), &["--target-p99-ms", "600000"]).await;
+    let reported = v2_config(&server).await;
+    let single_ms = measured_latencies(&reported)[0].1;
+    let before = decoded(&server.metrics_text().await);
+    // Six requests without a deadline keep the model busy for six batches...
+    let busy = burst(&server, 6, &[]);
+    let refused = async {
+        // ...and once all six are decoded (so at least four wait in the queue), a request
+        // with a deadline of one batch cannot meet it.
+        let started = std::time::Instant::now();
+        while decoded(&server.metrics_text().await) < before + 6 {
+            assert!(
+                started.elapsed().as_secs() < 30,
+                "the burst was not decoded"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let answer = burst(
+            &server,
+            1,
+            &[("x-request-timeout-ms", &format!("{single_ms:.0}"))],
+        )
+        .await
+        .remove(0);
+        (answer, decoded(&server.metrics_text().await))
+    };
+    let (served, (answer, after)) = tokio::join!(busy, refused);
+    assert!(served.iter().all(|a| a.status == 200), "{served:?}");
+    assert_eq!(answer.status, 429, "{answer:?}");
+    assert!(answer.body.contains("deadline_unmeetable"), "{answer:?}");
+    assert_eq!(after, before + 6, "the refused request's image was decoded");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_control_refuses_at_once_what_cannot_meet_its_deadline() {
     let config = "[batching]\nmax_batch_size = 2\nmax_queue_size = 64\n";

@@ -403,39 +403,72 @@ impl BatcherHandle {
         }
     }
 
+    /// Refuses at once, as [`submit`](Self::submit) would now, a job of `images` at priority
+    /// `level` whose request arrived then and must be answered by `deadline`. Called before a
+    /// request's images are decoded, so that what admission refuses costs no decoding (a
+    /// 12-megapixel JPEG takes as long to decode as ResNet-50 takes to run an image here);
+    /// `submit` assesses the job again once it is ready.
+    pub fn check_admission(
+        &self,
+        images: usize,
+        level: usize,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> Result<(), BatchError> {
+        self.admit(images, level, arrived, deadline, Instant::now())
+            .map(|_| ())
+    }
+
+    /// With admission control on, how a job would fare if queued `now`, or its refusal
+    /// (counted); `None` without admission control.
+    fn admit(
+        &self,
+        images: usize,
+        level: usize,
+        arrived: Instant,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<Option<Assessment>, BatchError> {
+        let Some(admission) = self.admission.as_ref().filter(|_| self.enforce_admission) else {
+            return Ok(None);
+        };
+        let assessment = admission.assess(images, level, arrived, deadline, now);
+        if assessment.expected > assessment.budget {
+            self.metrics
+                .rejected
+                .with_label_values(&[self.model.as_str(), "deadline_unmeetable"])
+                .inc();
+            return Err(BatchError::WouldMissDeadline {
+                expected_ms: assessment.expected.as_millis() as u64,
+                budget_ms: assessment.budget.as_millis() as u64,
+                bound: assessment.bound,
+            });
+        }
+        Ok(Some(assessment))
+    }
+
     /// Queues a job, or refuses it at once when the queue is full or closed, or (with
     /// admission control) when behind the queue it would finish past its deadline or the
     /// latency target, whichever comes first.
     pub fn submit(&self, mut job: Job) -> Result<(), BatchError> {
         let images = job.images;
-        if let Some(admission) = self.admission.as_ref().filter(|_| self.enforce_admission) {
-            let now = Instant::now();
-            let Assessment {
-                planned,
-                expected,
-                budget,
-                bound,
-            } = admission.assess(images, job.level, job.arrived, job.deadline, now);
-            if expected > budget {
-                self.metrics
-                    .rejected
-                    .with_label_values(&[self.model.as_str(), "deadline_unmeetable"])
-                    .inc();
-                return Err(BatchError::WouldMissDeadline {
-                    expected_ms: expected.as_millis() as u64,
-                    budget_ms: budget.as_millis() as u64,
-                    bound,
-                });
-            }
-            // Only jobs admitted near their bound teach the margin: those with slack to spare
-            // (a light load, where plans err most, e.g. two requests arriving at an idle
-            // model at once) cannot miss it.
-            if budget < expected.saturating_mul(2) {
-                job.plan = Some(Plan {
-                    admitted: now,
-                    expected: planned,
-                });
-            }
+        let now = Instant::now();
+        let assessment = self.admit(images, job.level, job.arrived, job.deadline, now)?;
+        // Only jobs admitted near their bound teach the margin: those with slack to spare
+        // (a light load, where plans err most, e.g. two requests arriving at an idle model
+        // at once) cannot miss it.
+        if let Some(Assessment {
+            planned,
+            expected,
+            budget,
+            ..
+        }) = assessment
+            && budget < expected.saturating_mul(2)
+        {
+            job.plan = Some(Plan {
+                admitted: now,
+                expected: planned,
+            });
         }
         let admitted = self
             .queued

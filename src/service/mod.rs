@@ -234,6 +234,7 @@ impl Classifier {
         }
         let arrived = options.arrived.unwrap_or(started);
         let (deadline, timeout_ms) = deadline(arrived, options.timeout, model);
+        model.check_admission(images.len(), level, arrived, deadline, timeout_ms)?;
         let input = self
             .pool
             .run(images, &model.preprocess, deadline, numbered, timeout_ms)

@@ -188,6 +188,26 @@ pub async fn infer(
     Ok(result)
 }
 
+/// Refuses at once what admission control would refuse if the request's first job (at most
+/// `max_batch_size` of its `images`) were queued now: before its images are decoded.
+pub fn check_admission(
+    batcher: &BatcherHandle,
+    model: &str,
+    images: usize,
+    max_batch_size: usize,
+    scheduling: Scheduling,
+    timeout_ms: u64,
+) -> Result<(), ServiceError> {
+    batcher
+        .check_admission(
+            images.min(max_batch_size.max(1)),
+            scheduling.level,
+            scheduling.arrived,
+            scheduling.deadline,
+        )
+        .map_err(|error| batch_error(error, model, timeout_ms))
+}
+
 fn batch_error(error: BatchError, model: &str, timeout_ms: u64) -> ServiceError {
     match error {
         BatchError::QueueFull { capacity } => ServiceError::QueueFull {

@@ -64,6 +64,30 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// Refuses at once, before its images are decoded, a request of `images` that admission
+    /// control would refuse if it were queued now.
+    pub fn check_admission(
+        &self,
+        images: usize,
+        level: usize,
+        arrived: Instant,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> Result<(), ServiceError> {
+        pipeline::check_admission(
+            &self.batcher,
+            &self.name,
+            images,
+            self.spec.batching.max_batch_size,
+            Scheduling {
+                level,
+                arrived,
+                deadline,
+            },
+            timeout_ms,
+        )
+    }
+
     /// Runs preprocessed `input` of a request that `arrived` then through the batcher.
     pub async fn infer(
         &self,
