@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use pipeline::Scheduling;
 pub use pipeline::{ImageInput, PreprocessPool};
 pub use registry::{LoadedModel, Registry, VersionState};
 
@@ -234,15 +235,18 @@ impl Classifier {
         }
         let arrived = options.arrived.unwrap_or(started);
         let (deadline, timeout_ms) = deadline(arrived, options.timeout, model);
-        model.check_admission(images.len(), level, arrived, deadline, timeout_ms)?;
+        let scheduling = Scheduling {
+            level,
+            arrived,
+            deadline,
+        };
+        model.check_admission(images.len(), scheduling, timeout_ms)?;
         let input = self
             .pool
             .run(images, &model.preprocess, deadline, numbered, timeout_ms)
             .await?;
         let decode = started.elapsed();
-        let inferred = model
-            .infer(input.into(), level, arrived, deadline, timeout_ms)
-            .await?;
+        let inferred = model.infer(input.into(), scheduling, timeout_ms).await?;
         Ok(InferOutput {
             model: model.name.clone(),
             version: model.version.to_string(),
@@ -307,7 +311,15 @@ impl Classifier {
         let arrived = options.arrived.unwrap_or(started);
         let (deadline, timeout_ms) = deadline(arrived, options.timeout, model);
         let inferred = model
-            .infer(input, level, arrived, deadline, timeout_ms)
+            .infer(
+                input,
+                Scheduling {
+                    level,
+                    arrived,
+                    deadline,
+                },
+                timeout_ms,
+            )
             .await?;
         Ok(InferOutput {
             model: model.name.clone(),

@@ -69,9 +69,7 @@ impl LoadedModel {
     pub fn check_admission(
         &self,
         images: usize,
-        level: usize,
-        arrived: Instant,
-        deadline: Instant,
+        scheduling: Scheduling,
         timeout_ms: u64,
     ) -> Result<(), ServiceError> {
         pipeline::check_admission(
@@ -79,22 +77,16 @@ impl LoadedModel {
             &self.name,
             images,
             self.spec.batching.max_batch_size,
-            Scheduling {
-                level,
-                arrived,
-                deadline,
-            },
+            scheduling,
             timeout_ms,
         )
     }
 
-    /// Runs preprocessed `input` of a request that `arrived` then through the batcher.
+    /// Runs preprocessed `input` of a request through the batcher.
     pub async fn infer(
         &self,
         input: Fp32Values,
-        level: usize,
-        arrived: Instant,
-        deadline: Instant,
+        scheduling: Scheduling,
         timeout_ms: u64,
     ) -> Result<pipeline::Inferred, ServiceError> {
         pipeline::infer(
@@ -103,11 +95,7 @@ impl LoadedModel {
             input,
             self.spec.preprocess.tensor_len(),
             self.spec.batching.max_batch_size,
-            Scheduling {
-                level,
-                arrived,
-                deadline,
-            },
+            scheduling,
             timeout_ms,
         )
         .await
@@ -823,14 +811,13 @@ async fn warm_up(model: &LoadedModel) -> Result<(), String> {
     let tensor_len = model.spec.preprocess.tensor_len();
     for size in sizes {
         let arrived = Instant::now();
+        let scheduling = Scheduling {
+            level: batching.priority_levels as usize - 1,
+            arrived,
+            deadline: arrived + Duration::from_secs(600),
+        };
         model
-            .infer(
-                vec![0.0; size * tensor_len].into(),
-                batching.priority_levels as usize - 1,
-                arrived,
-                arrived + Duration::from_secs(600),
-                600_000,
-            )
+            .infer(vec![0.0; size * tensor_len].into(), scheduling, 600_000)
             .await
             .map_err(|error| format!("warm-up with batch size {size} failed: {error}"))?;
     }
@@ -866,8 +853,13 @@ async fn check_golden(
         .run(images, &model.preprocess, deadline, true, 600_000)
         .await
         .map_err(|error| format!("golden check: {error}"))?;
+    let scheduling = Scheduling {
+        level: 0,
+        arrived,
+        deadline,
+    };
     let inferred = model
-        .infer(input.into(), 0, arrived, deadline, 600_000)
+        .infer(input.into(), scheduling, 600_000)
         .await
         .map_err(|error| format!("golden check: {error}"))?;
     let classes = model.spec.classes;
