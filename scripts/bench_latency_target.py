@@ -16,7 +16,7 @@ import pathlib
 import subprocess
 import urllib.request
 
-from served import Server, binaries, resnet50_repository
+from served import Server, binaries, chosen_batching, resnet50_repository
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "target/bench-latency-target"
@@ -34,14 +34,7 @@ def main():
                     log="info,ort=warn,resnet_serve::batcher=debug")
     try:
         server.wait_ready()
-        with urllib.request.urlopen(f"http://{server.http}/v2/models/resnet50/config") as response:
-            config = json.load(response)
-        batch = config["max_batch_size"]
-        measured = dict(
-            (int(size), float(ms)) for size, ms in
-            (point.split(":") for point in
-             config["parameters"]["batch_latency_ms"]["string_value"].split()))
-        batch_ms = measured.get(batch) or max(ms for size, ms in measured.items() if size <= batch)
+        batch, batch_ms = chosen_batching(server, "resnet50")
 
         def bench(name, *load):
             subprocess.run(

@@ -81,6 +81,19 @@ class Server:
         self.process.wait(60)
 
 
+def chosen_batching(server, model):
+    """The batch size a server calibrated with --target-p99-ms chose for `model`, and its
+    measured time in ms (of the largest measured size up to it), from the V2 model config."""
+    with urllib.request.urlopen(f"http://{server.http}/v2/models/{model}/config") as response:
+        config = json.load(response)
+    batch = config["max_batch_size"]
+    measured = dict(
+        (int(size), float(ms)) for size, ms in
+        (point.split(":") for point in
+         config["parameters"]["batch_latency_ms"]["string_value"].split()))
+    return batch, measured.get(batch) or max(ms for size, ms in measured.items() if size <= batch)
+
+
 def timestamp(text):
     """Seconds since the epoch of a log line's RFC 3339 timestamp (to the microsecond)."""
     whole, _, fraction = text.rstrip("Z").partition(".")
