@@ -34,7 +34,7 @@ def main():
                     log="info,ort=warn,resnet_serve::batcher=debug")
     try:
         server.wait_ready()
-        batch, batch_ms = chosen_batching(server, "resnet50")
+        batch, batch_ms, measured = chosen_batching(server, "resnet50")
 
         def bench(name, *load):
             subprocess.run(

@@ -107,7 +107,7 @@ def main():
         # 602 KB tensors take the cores from inference, which makes batches slower and
         # refusals more frequent (one run of the twelfth session served 5.6/s of 22 at
         # concurrency 16 so).
-        _, batch_ms = chosen_batching(server, "resnet50")
+        _, batch_ms, _ = chosen_batching(server, "resnet50")
 
         def bench(name, target, *extra):
             subprocess.run([bin_dir / "resnet-bench", "--target", target, "--model", "resnet50",

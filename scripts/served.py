@@ -82,8 +82,9 @@ class Server:
 
 
 def chosen_batching(server, model):
-    """The batch size a server calibrated with --target-p99-ms chose for `model`, and its
-    measured time in ms (of the largest measured size up to it), from the V2 model config."""
+    """The batch size a server calibrated with --target-p99-ms chose for `model`, its measured
+    time in ms (of the largest measured size up to it), and every measured size's time, from
+    the V2 model config."""
     with urllib.request.urlopen(f"http://{server.http}/v2/models/{model}/config") as response:
         config = json.load(response)
     batch = config["max_batch_size"]
@@ -91,7 +92,8 @@ def chosen_batching(server, model):
         (int(size), float(ms)) for size, ms in
         (point.split(":") for point in
          config["parameters"]["batch_latency_ms"]["string_value"].split()))
-    return batch, measured.get(batch) or max(ms for size, ms in measured.items() if size <= batch)
+    batch_ms = measured.get(batch) or max(ms for size, ms in measured.items() if size <= batch)
+    return batch, batch_ms, measured
 
 
 def timestamp(text):
@@ -104,6 +106,8 @@ def timestamp(text):
 def binaries(profile="release"):
     """Builds `resnet-serve` and `resnet-bench` in `profile` (debug or release); returns their
     directory."""
+    if profile not in ("debug", "release"):
+        raise ValueError(f"profile {profile!r}: debug or release")
     flags = ["--release"] if profile == "release" else []
     subprocess.run(["cargo", "build", "--quiet", *flags, "--bin", "resnet-serve",
                     "--bin", "resnet-bench"], check=True, cwd=ROOT)

@@ -435,7 +435,7 @@ async fn what_admission_refuses_is_refused_before_its_image_is_decoded() {
     // Six requests without a deadline keep the model busy for six batches...
     let busy = burst(&server, 6, &[]);
     let refused = async {
-        // ...and once all six are decoded (so at least four wait in the queue), a request
+        // ...and once all six are decoded (so some wait in the queue), a request
         // with a deadline of one batch cannot meet it.
         let started = std::time::Instant::now();
         while decoded(&server.metrics_text().await) < before + 6 {

@@ -403,7 +403,7 @@ impl BatcherHandle {
         }
     }
 
-    /// Refuses at once, as [`submit`](Self::submit) would now, a job of `images` at priority
+    /// Refuses at once, as [`submit`](Self::submit)'s admission control would now, a job of `images` at priority
     /// `level` whose request arrived then and must be answered by `deadline`. Called before a
     /// request's images are decoded, so that what admission refuses costs no decoding (a
     /// 12-megapixel JPEG takes as long to decode as ResNet-50 takes to run an image here);

@@ -4,9 +4,10 @@
 //! Building a session parses the whole ONNX file, and glibc keeps what that freed: a heap
 //! returns free pages to the system only from its top, and once a large block has been freed
 //! it raises its mmap threshold, so later large blocks come from the heaps too. A ResNet-50
-//! server held 315 MiB at READY, of which 177 MiB was free memory of the loading thread's
-//! heap (docs/PERFORMANCE.md, "Memory"). Only loads and unloads trim: trimming after batches
-//! would make the next batch fault its buffers in again (+2.5 ms a run, measured).
+//! server held 315 MiB at READY, of which trimming returned 177 MiB, most of it from the
+//! loading thread's heap (docs/PERFORMANCE.md, "Where the memory goes"). Only loads and
+//! unloads trim: trimming after batches would make the next batch fault its buffers in again
+//! (+2.5 ms a run, measured).
 
 use std::time::Instant;
 
@@ -42,7 +43,9 @@ mod tests {
     fn resident() -> usize {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
         let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-        pages * 4096
+        // SAFETY: sysconf only reads a system constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        pages * usize::try_from(page).unwrap()
     }
 
     #[tokio::test]
