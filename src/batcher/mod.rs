@@ -403,11 +403,11 @@ impl BatcherHandle {
         }
     }
 
-    /// Refuses at once, as [`submit`](Self::submit)'s admission control would now, a job of `images` at priority
-    /// `level` whose request arrived then and must be answered by `deadline`. Called before a
-    /// request's images are decoded, so that what admission refuses costs no decoding (a
-    /// 12-megapixel JPEG takes as long to decode as ResNet-50 takes to run an image here);
-    /// `submit` assesses the job again once it is ready.
+    /// Refuses at once, as [`submit`](Self::submit)'s admission control would now, a job of
+    /// `images` at priority `level` whose request arrived then and must be answered by
+    /// `deadline`. Called before a request's images are decoded, so that what admission
+    /// refuses costs no decoding (a 12-megapixel JPEG takes as long to decode as ResNet-50
+    /// takes to run an image here); `submit` assesses the job again once it is ready.
     pub fn check_admission(
         &self,
         images: usize,
